@@ -1,0 +1,32 @@
+"""Composition root of the dispatch service: settings → runtime → subscribers → HTTP app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.dispatch import api, subscribers
+from services.dispatch.config import Settings
+from services.dispatch.tables import metadata
+from shared.runtime import Runtime
+from shared.uow import UnitOfWork
+
+
+def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
+    """Wire the service; nothing connects until the app starts."""
+    settings = settings or Settings()  # type: ignore[call-arg]
+    runtime = Runtime.build("dispatch", settings)
+    uow = UnitOfWork(runtime.engine, "dispatch", metadata)
+    subscribers.register(runtime.broker, runtime.topology, uow)
+    app = runtime.app(title="Spine dispatch", routers=[api.router])
+    app.state.uow = uow
+    api.install_domain_errors(app)
+    return runtime, app
+
+
+def main() -> None:
+    runtime, app = build()
+    runtime.serve(app)
+
+
+if __name__ == "__main__":
+    main()

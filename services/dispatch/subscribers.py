@@ -1,0 +1,54 @@
+"""Message edges: contract → command → handler, nothing else."""
+
+from __future__ import annotations
+
+from faststream.rabbit import RabbitBroker
+
+from services.dispatch import handlers
+from shared.contracts.envelope import Envelope
+from shared.contracts.order import ORDER_CANCELLED, ORDER_CONFIRMED, OrderCancelled, OrderConfirmed
+from shared.messaging.topology import Topology
+from shared.uow import UnitOfWork
+
+SERVICE = "dispatch"
+
+
+def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
+    """Subscribe the dispatch service's consumers, one quorum queue per purpose."""
+    confirmed_queue = topology.queue(SERVICE, "order-confirmed", ORDER_CONFIRMED)
+    cancelled_queue = topology.queue(SERVICE, "order-cancelled", ORDER_CANCELLED)
+
+    @broker.subscriber(confirmed_queue, topology.events, title="dispatch/order.confirmed")
+    async def on_order_confirmed(event: Envelope[OrderConfirmed]) -> None:
+        """An order was confirmed: open its one dispatch."""
+        order = event.data
+        await handlers.create_dispatch(
+            handlers.CreateDispatch(
+                event_id=str(event.event_id),
+                consumer=confirmed_queue.name,
+                correlation_id=event.correlation_id,
+                order_id=order.order_id,
+                external_ref=order.external_ref,
+                source=order.source,
+                customer_id=order.customer_id,
+                requested_ship_date=order.requested_ship_date,
+                priority=order.priority,
+                ship_to=order.ship_to.model_dump(mode="json"),
+                lines=[line.model_dump(mode="json") for line in order.lines],
+            ),
+            uow,
+        )
+
+    @broker.subscriber(cancelled_queue, topology.events, title="dispatch/order.cancelled")
+    async def on_order_cancelled(event: Envelope[OrderCancelled]) -> None:
+        """An order was cancelled: cancel its dispatch where the workflow lets the system."""
+        await handlers.cancel_for_order(
+            handlers.CancelForOrder(
+                event_id=str(event.event_id),
+                consumer=cancelled_queue.name,
+                correlation_id=event.correlation_id,
+                order_id=event.data.order_id,
+                reason=event.data.reason,
+            ),
+            uow,
+        )

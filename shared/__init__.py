@@ -1,0 +1,1 @@
+"""Spine's shared plumbing: contracts, messaging, persistence, auth and telemetry used by every service."""

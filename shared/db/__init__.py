@@ -1,0 +1,1 @@
+"""Database helpers: engine, the plumbing tables (outbox, inbox, audit) and migrations."""

@@ -1,0 +1,69 @@
+"""HTTP plumbing every service mounts: health, readiness, metrics and readable errors."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+HTTP_REQUESTS = Counter(
+    "spine_http_requests_total", "HTTP requests", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram("spine_http_request_seconds", "HTTP request latency", ["service", "route"])
+
+
+def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
+    """`/healthz` (process alive), `/readyz` (database and broker reachable), `/metrics`."""
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="The database and the broker answer")
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {exc.__class__.__name__}"
+        try:
+            checks["broker"] = "ok" if await broker.ping(timeout=2.0) else "unreachable"
+        except Exception as exc:
+            checks["broker"] = f"unreachable: {exc.__class__.__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def install_error_handlers(app: FastAPI, service: str) -> None:
+    """422 bodies list each problem as `field: message`; every response is counted."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(service, request.method, path, str(response.status_code)).inc()
+        return response

@@ -1,0 +1,1 @@
+"""Messaging plumbing: topology, broker factory, delivery policy, outbox relay, dead letters."""

@@ -1,0 +1,30 @@
+"""The one way a service builds its FastStream broker."""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.middlewares import AckPolicy
+from faststream.rabbit import Channel, RabbitBroker
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+
+from shared.messaging.delivery import DeliveryPolicy
+from shared.messaging.topology import Topology
+
+
+def make_broker(amqp_url: str, *, service: str, topology: Topology, prefetch: int) -> RabbitBroker:
+    """Broker with confirms, returns that raise, tracing, and Spine's ack/retry/dead-letter policy."""
+    return RabbitBroker(
+        amqp_url,
+        app_id=service,
+        default_channel=Channel(
+            prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True
+        ),
+        # Tracing outermost, so the delivery decision (ack, retry, dead-letter) is in the span.
+        middlewares=[RabbitTelemetryMiddleware(), DeliveryPolicy(topology)],
+        ack_policy=AckPolicy.MANUAL,
+        graceful_timeout=20.0,
+        logger=logging.getLogger(f"spine.{service}.broker"),
+        log_level=logging.DEBUG,
+        description=f"Spine {service} service",
+    )

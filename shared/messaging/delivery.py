@@ -1,0 +1,130 @@
+"""What happens to a consumed message: ack on success, dead-letter with a reason, or retry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+from faststream import BaseMiddleware
+from faststream.exceptions import SubscriberNotFound
+from pydantic import ValidationError
+
+from shared.messaging.topology import (
+    DEAD_LETTERED_AT_HEADER,
+    ERROR_HEADER,
+    QUEUE_HEADER,
+    ROUTING_KEY_HEADER,
+    Topology,
+)
+from shared.uow import Duplicate
+
+log = logging.getLogger("spine.delivery")
+
+
+class PermanentError(Exception):
+    """The message can never succeed (it breaks the contract): dead-letter it now, no retries."""
+
+
+PERMANENT = (PermanentError, ValidationError, json.JSONDecodeError, UnicodeDecodeError,
+             SubscriberNotFound)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason a person can read in the dead-letter queue."""
+    if isinstance(exc, ValidationError):
+        parts = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()[:10]
+        ]
+        return "contract violation: " + "; ".join(parts)
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"[:1000]
+
+
+class DeliveryPolicy:
+    """Broker middleware factory; one `_Delivery` per message."""
+
+    def __init__(self, topology: Topology, *, retry_base_s: float = 0.2) -> None:
+        self.topology = topology
+        self.retry_base_s = retry_base_s
+
+    def __call__(self, msg: Any, /, *, context: Any) -> _Delivery:
+        return _Delivery(msg, context=context, policy=self)
+
+
+class _Delivery(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: Any, policy: DeliveryPolicy) -> None:
+        super().__init__(msg, context=context)
+        self.policy = policy
+
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool:
+        raw: aio_pika.abc.AbstractIncomingMessage = self.msg
+        if exc_val is None or isinstance(exc_val, Duplicate):
+            if not raw.processed:
+                await raw.ack()
+            return True
+        if not isinstance(exc_val, Exception):
+            return False  # cancellation: leave the message unacked so the broker redelivers it
+        queue = self._queue_name()
+        attempts = int((raw.headers or {}).get("x-delivery-count", 0) or 0) + 1
+        if isinstance(exc_val, PERMANENT) or attempts >= self.policy.topology.delivery_limit:
+            reason = describe(exc_val)
+            if not isinstance(exc_val, PERMANENT):
+                reason = f"gave up after {attempts} attempts: {reason}"
+            await dead_letter(self.context.get("broker"), self.policy.topology, raw, queue, reason)
+            log.warning("dead-lettered message %s from %s: %s", raw.message_id, queue, reason)
+            await raw.ack()
+            return True
+        # A transient failure: back off a little, then let the broker redeliver it. The queue's
+        # x-delivery-limit is the backstop if this process dies before it can dead-letter.
+        log.warning("retrying message %s from %s (attempt %d): %s",
+                    raw.message_id, queue, attempts, describe(exc_val))
+        await asyncio.sleep(min(self.policy.retry_base_s * 2 ** (attempts - 1), 5.0))
+        await raw.nack(requeue=True)
+        return True
+
+    def _queue_name(self) -> str:
+        handler = self.context.get("handler_")
+        queue = getattr(handler, "queue", None)
+        return getattr(queue, "name", "") or "unknown"
+
+
+async def dead_letter(
+    broker: Any,
+    topology: Topology,
+    raw: aio_pika.abc.AbstractIncomingMessage,
+    queue: str,
+    reason: str,
+) -> None:
+    """Put a copy of `raw` on `queue`'s dead-letter queue with our reason headers (confirmed)."""
+    headers = dict(raw.headers or {})
+    headers.update(
+        {
+            ERROR_HEADER: reason,
+            QUEUE_HEADER: queue,
+            ROUTING_KEY_HEADER: raw.routing_key or "",
+            DEAD_LETTERED_AT_HEADER: datetime.now(UTC).isoformat(),
+        }
+    )
+    await broker.publish(
+        raw.body,
+        exchange=topology.dead_letters,
+        routing_key=queue,
+        persist=True,
+        mandatory=True,
+        message_id=raw.message_id,
+        correlation_id=raw.correlation_id,
+        content_type=raw.content_type,
+        headers=headers,
+        user_id=None,
+    )

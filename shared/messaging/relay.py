@@ -1,0 +1,155 @@
+"""The outbox relay: publishes committed events with confirms and `mandatory`, then marks them sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import asyncpg
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db.engine import asyncpg_dsn
+from shared.db.plumbing import OUTBOX_CHANNEL
+from shared.messaging.topology import Topology
+
+log = logging.getLogger("spine.relay")
+
+# Rows are locked for the duration of their publish, so a second relay (another replica of
+# the service) skips them instead of publishing them twice.
+_CLAIM = """
+SELECT id, event_id, routing_key, correlation_id, body, headers
+FROM outbox WHERE sent_at IS NULL
+ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+_MARK_SENT = "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1::bigint[])"
+_MARK_FAILED = (
+    "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])"
+)
+
+
+class OutboxRelay:
+    """Wakes on NOTIFY from the outbox trigger (and on a slow safety poll) and drains the outbox."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: Any,
+        topology: Topology,
+        *,
+        batch_size: int = 200,
+        poll_interval_s: float = 2.0,
+    ) -> None:
+        self.engine = engine
+        self.broker = broker
+        self.topology = topology
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self.published = 0
+
+    async def run(self) -> None:
+        """Drain until `stop()`; survives broker and database hiccups by retrying."""
+        await self._listen()
+        failures = 0
+        while not self._stopping.is_set():
+            # Clear before draining: a NOTIFY that lands mid-drain then wakes the next wait.
+            self._wake.clear()
+            try:
+                sent = await self.drain()
+                failures = 0
+            except Exception as exc:  # keep relaying: the rows stay unsent and are retried
+                failures += 1
+                log.warning("outbox relay: %s (retrying)", exc)
+                await self._sleep(min(0.2 * 2**failures, 5.0))
+                if self._listener is None or self._listener.is_closed():
+                    await self._listen()
+                continue
+            if sent:
+                continue
+            await self._sleep(self.poll_interval_s)
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, then return from `run()`."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def drain(self) -> int:
+        """Publish every unsent row, one locked batch at a time; returns how many were sent."""
+        total = 0
+        while True:
+            sent, full = await self._publish_batch()
+            total += sent
+            if not full or self._stopping.is_set():
+                return total
+
+    async def _publish_batch(self) -> tuple[int, bool]:
+        async with self.engine.connect() as sa_conn:
+            raw = await sa_conn.get_raw_connection()
+            conn: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+            async with conn.transaction():
+                rows = await conn.fetch(_CLAIM, self.batch_size)
+                if not rows:
+                    return 0, False
+                results = await asyncio.gather(
+                    *(self._publish(row) for row in rows), return_exceptions=True
+                )
+                ok = [row["id"] for row, res in zip(rows, results, strict=True)
+                      if not isinstance(res, BaseException)]
+                failed = [(row, res) for row, res in zip(rows, results, strict=True)
+                          if isinstance(res, BaseException)]
+                if ok:
+                    await conn.execute(_MARK_SENT, ok)
+                if failed:
+                    reason = f"{failed[0][1].__class__.__name__}: {failed[0][1]}"[:500]
+                    await conn.execute(_MARK_FAILED, [row["id"] for row, _ in failed], reason)
+                    log.error("outbox relay: %d event(s) not published, e.g. %s %s: %s",
+                              len(failed), failed[0][0]["routing_key"], failed[0][0]["event_id"],
+                              reason)
+            self.published += len(ok)
+            if failed:
+                raise RuntimeError(f"{len(failed)} outbox event(s) failed to publish")
+            return len(ok), len(rows) == self.batch_size
+
+    async def _publish(self, row: asyncpg.Record) -> None:
+        carrier = row["headers"]
+        if isinstance(carrier, str):
+            carrier = json.loads(carrier)
+        token = otel_context.attach(propagate.extract(carrier))
+        try:
+            await self.broker.publish(
+                row["body"].encode(),
+                exchange=self.topology.events,
+                routing_key=row["routing_key"],
+                persist=True,
+                mandatory=True,
+                message_id=str(row["event_id"]),
+                correlation_id=str(row["correlation_id"]),
+                content_type="application/json",
+                headers={k: v for k, v in carrier.items() if k not in ("traceparent", "tracestate")},
+            )
+        finally:
+            otel_context.detach(token)
+
+    async def _listen(self) -> None:
+        try:
+            self._listener = await asyncpg.connect(asyncpg_dsn(str(self.engine.url.render_as_string(
+                hide_password=False))))
+            await self._listener.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+        except Exception as exc:
+            self._listener = None
+            log.warning("outbox relay: LISTEN unavailable (%s); polling every %.1fs",
+                        exc, self.poll_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass

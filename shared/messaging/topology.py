@@ -1,0 +1,56 @@
+"""Names and arguments of every exchange and queue: the one place the topology is described."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+
+ERROR_HEADER = "x-spine-error"
+QUEUE_HEADER = "x-spine-queue"
+ROUTING_KEY_HEADER = "x-spine-routing-key"
+DEAD_LETTERED_AT_HEADER = "x-spine-dead-lettered-at"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """`{namespace}.events` (topic), `{namespace}.dlx` (direct), and per-purpose quorum queues."""
+
+    namespace: str = "spine"
+    delivery_limit: int = 5
+
+    @property
+    def events(self) -> RabbitExchange:
+        return RabbitExchange(f"{self.namespace}.events", type=ExchangeType.TOPIC, durable=True)
+
+    @property
+    def dead_letters(self) -> RabbitExchange:
+        return RabbitExchange(f"{self.namespace}.dlx", type=ExchangeType.DIRECT, durable=True)
+
+    def queue_name(self, service: str, purpose: str) -> str:
+        return f"{self.namespace}.{service}.{purpose}"
+
+    def queue(self, service: str, purpose: str, routing_key: str) -> RabbitQueue:
+        """A consuming service's quorum queue for one purpose, dead-lettering to its own DLQ."""
+        name = self.queue_name(service, purpose)
+        return RabbitQueue(
+            name,
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            routing_key=routing_key,
+            arguments={
+                "x-dead-letter-exchange": self.dead_letters.name,
+                "x-dead-letter-routing-key": name,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+                "x-delivery-limit": self.delivery_limit,
+            },
+        )
+
+    def dead_letter_queue(self, queue_name: str) -> RabbitQueue:
+        return RabbitQueue(
+            f"{queue_name}.dlq",
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            routing_key=queue_name,
+        )

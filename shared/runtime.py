@@ -1,0 +1,120 @@
+"""Process wiring every service shares: broker + relay + HTTP in one event loop, and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from faststream.rabbit import RabbitBroker
+from faststream.specification import AsyncAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.auth import JwtVerifier
+from shared.config import ServiceSettings
+from shared.db.engine import make_engine
+from shared.http import install_error_handlers, ops_router
+from shared.messaging.broker import make_broker
+from shared.messaging.relay import OutboxRelay
+from shared.messaging.topology import Topology
+from shared.telemetry import setup_logging, setup_tracing
+
+log = logging.getLogger("spine.runtime")
+
+BackgroundTask = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """The long-lived resources of one service process."""
+
+    name: str
+    settings: ServiceSettings
+    engine: AsyncEngine
+    broker: RabbitBroker
+    topology: Topology
+    relay: OutboxRelay
+    background: list[BackgroundTask] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, name: str, settings: ServiceSettings) -> Runtime:
+        setup_logging(name, settings.log_level)
+        setup_tracing(name)
+        topology = Topology(settings.namespace, settings.delivery_limit)
+        engine = make_engine(settings.database_url, service=name)
+        broker = make_broker(
+            settings.amqp_url, service=name, topology=topology, prefetch=settings.prefetch
+        )
+        relay = OutboxRelay(engine, broker, topology)
+        return cls(name, settings, engine, broker, topology, relay)
+
+    async def declare_dead_letters(self) -> None:
+        """Every subscribed queue gets its dead-letter queue bound on the dead-letter exchange."""
+        dlx = await self.broker.declare_exchange(self.topology.dead_letters)
+        for sub in self.broker.subscribers:
+            name = sub.queue.name  # type: ignore[attr-defined]
+            dlq = await self.broker.declare_queue(self.topology.dead_letter_queue(name))
+            await dlq.bind(dlx, routing_key=name)
+
+    @asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        await self.broker.connect()
+        await self.broker.declare_exchange(self.topology.events)
+        await self.declare_dead_letters()
+        await self.broker.start()
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(self.relay.run(), name=f"{self.name}-relay")]
+        tasks += [asyncio.create_task(job(stop)) for job in self.background]
+        log.info("%s ready on http://%s:%d (docs at /docs)", self.name,
+                 self.settings.http_host, self.settings.port)
+        try:
+            yield
+        finally:
+            # Stop taking messages first; in-flight ones finish and are acked (or are redelivered
+            # if they cannot finish in the graceful timeout). Then flush the outbox one last time.
+            stop.set()
+            await self.broker.stop()
+            await self.relay.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.engine.dispose()
+            log.info("%s stopped cleanly", self.name)
+
+    def app(self, *, title: str, routers: list[Any]) -> FastAPI:
+        """The service's FastAPI app with ops routes, error handlers and the AsyncAPI document."""
+        app = FastAPI(title=title, lifespan=self.lifespan, version="1.0.0")
+        app.state.jwt = JwtVerifier(
+            self.settings.jwt_secret.get_secret_value(),
+            issuer=self.settings.jwt_issuer,
+            audience=self.settings.jwt_audience,
+        )
+        app.state.runtime = self
+        install_error_handlers(app, self.name)
+        app.include_router(ops_router(self.engine, self.broker))
+        for router in routers:
+            app.include_router(router)
+
+        spec = AsyncAPI(self.broker, title=f"Spine {self.name} events", version="1.0.0")
+
+        @app.get("/asyncapi.json", tags=["ops"], summary="AsyncAPI catalogue of this service's events")
+        async def asyncapi() -> Any:
+            return spec.to_specification().to_jsonable()
+
+        return app
+
+    def serve(self, app: FastAPI) -> None:
+        """Run until SIGINT/SIGTERM, then shut down gracefully."""
+        config = uvicorn.Config(
+            app,
+            host=self.settings.http_host,
+            port=self.settings.port,
+            loop="uvloop",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=20,
+        )
+        uvicorn.Server(config).run()
