@@ -15,8 +15,8 @@ def dispatch_status_event(status: str) -> str:
 
 
 class DispatchEvent(Contract):
-    dispatch_id: str
-    order_id: str
+    dispatch_id: str = Field(min_length=1)
+    order_id: str = Field(min_length=1)
     version: int = Field(ge=1)
     status: str
 

@@ -16,7 +16,7 @@ ORDER_CANCELLED = "order.cancelled"
 
 
 class OrderEvent(Contract):
-    order_id: str
+    order_id: str = Field(min_length=1)
     version: int = Field(ge=1, description="order aggregate version; consumers ignore stale ones")
     external_ref: str | None = None
     source: str | None = None

@@ -31,6 +31,10 @@ _MARK_FAILED = (
 )
 
 
+class _BatchIncomplete(Exception):
+    """Some rows of a batch were not published (already logged); back off, then retry."""
+
+
 class OutboxRelay:
     """Wakes on NOTIFY from the outbox trigger (and on a slow safety poll) and drains the outbox."""
 
@@ -65,7 +69,8 @@ class OutboxRelay:
                 failures = 0
             except Exception as exc:  # keep relaying: the rows stay unsent and are retried
                 failures += 1
-                log.warning("outbox relay: %s (retrying)", exc)
+                if not isinstance(exc, _BatchIncomplete):
+                    log.warning("outbox relay: %s (retrying)", exc)
                 await self._sleep(min(0.2 * 2**failures, 5.0))
                 if self._listener is None or self._listener.is_closed():
                     await self._listen()
@@ -115,7 +120,7 @@ class OutboxRelay:
                               reason)
             self.published += len(ok)
             if failed:
-                raise RuntimeError(f"{len(failed)} outbox event(s) failed to publish")
+                raise _BatchIncomplete(f"{len(failed)} of {len(rows)} event(s) left unsent")
             return len(ok), len(rows) == self.batch_size
 
     async def _publish(self, row: asyncpg.Record) -> None:

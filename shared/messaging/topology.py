@@ -54,3 +54,31 @@ class Topology:
             durable=True,
             routing_key=queue_name,
         )
+
+
+# Every consuming queue, by service: (purpose, binding key). Services subscribe from this table
+# and the `spine dlq` commands derive queue names from it, because without the management
+# plugin there is no way to ask the broker which queues exist.
+CONSUMER_QUEUES: dict[str, list[tuple[str, str]]] = {
+    "order": [
+        ("order-submitted", "ext.*.order.submitted"),
+        ("customer-upserted", "erp.customer.upserted"),
+        ("product-upserted", "erp.product.upserted"),
+    ],
+    "dispatch": [
+        ("order-confirmed", "order.confirmed"),
+        ("order-cancelled", "order.cancelled"),
+    ],
+    "notification": [("events", "#")],
+    "erp_adapter": [("dispatch-events", "dispatch.#")],
+}
+
+
+def known_queues(namespace: str = "spine") -> list[str]:
+    """Names of every consuming queue in `namespace` (their dead-letter queues add `.dlq`)."""
+    topology = Topology(namespace)
+    return [
+        topology.queue_name(service, purpose)
+        for service, queues in CONSUMER_QUEUES.items()
+        for purpose, _ in queues
+    ]
