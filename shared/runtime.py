@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import JwtVerifier
 from shared.config import ServiceSettings
+from shared.contracts.envelope import Envelope
 from shared.db.engine import make_engine
 from shared.http import install_error_handlers, ops_router
 from shared.messaging.broker import make_broker
@@ -52,6 +53,18 @@ class Runtime:
         )
         relay = OutboxRelay(engine, broker, topology)
         return cls(name, settings, engine, broker, topology, relay)
+
+    def document_events(self, events: Mapping[str, type[Any]]) -> None:
+        """List the events this service publishes (via its outbox) in its AsyncAPI document."""
+        for routing_key, model in events.items():
+            self.broker.publisher(
+                routing_key=routing_key,
+                exchange=self.topology.events,
+                persist=True,
+                title=routing_key,
+                description=(model.__doc__ or "").strip() or None,
+                schema=Envelope[model],  # type: ignore[valid-type]
+            )
 
     async def declare_dead_letters(self) -> None:
         """Every subscribed queue gets its dead-letter queue bound on the dead-letter exchange."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.dispatch import api, subscribers
+from services.dispatch import api, publishers, subscribers
 from services.dispatch.config import Settings
 from services.dispatch.tables import metadata
 from shared.runtime import Runtime
@@ -17,6 +17,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     runtime = Runtime.build("dispatch", settings)
     uow = UnitOfWork(runtime.engine, "dispatch", metadata)
     subscribers.register(runtime.broker, runtime.topology, uow)
+    runtime.document_events(publishers.PUBLISHED)
     app = runtime.app(title="Spine dispatch", routers=[api.router])
     app.state.uow = uow
     api.install_domain_errors(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.dispatch.domain import TRANSITIONS
 from shared.contracts.dispatch import (
     DISPATCH_CREATED,
     DispatchCreated,
@@ -39,5 +40,9 @@ def dispatch_transitioned(
     return dispatch_status_event(status), data.model_dump(mode="json")
 
 
-# Events this service publishes, for the AsyncAPI catalogue (see main.py).
-PUBLISHED = {DISPATCH_CREATED: DispatchCreated, "dispatch.<status>": DispatchTransitioned}
+# Events this service publishes, for the AsyncAPI catalogue: one per target of the workflow.
+PUBLISHED: dict[str, type[Any]] = {
+    DISPATCH_CREATED: DispatchCreated,
+    **{dispatch_status_event(rule.target.value): DispatchTransitioned
+       for rule in TRANSITIONS.values()},
+}

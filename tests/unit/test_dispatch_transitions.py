@@ -1,0 +1,188 @@
+"""The dispatch workflow table, checked over every (state, target, role) against DESIGN.md."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+import pytest
+
+from services.dispatch.domain import (
+    TRANSITIONS,
+    ApprovalRequired,
+    Dispatch,
+    Forbidden,
+    GuardFailed,
+    InvalidEvidence,
+    Line,
+    NotAllowedFromState,
+    StaleVersion,
+    Status,
+    decide,
+)
+
+ROLES = ["sales", "planner", "warehouse", "shipping", "supervisor", "integration", "ops"]
+OPEN = [Status.PENDING, Status.RELEASED, Status.PICKING, Status.PACKED]
+
+# Written out by hand from DESIGN.md's table, independently of TRANSITIONS, so that a change to
+# the table that the design does not make fails here.
+EXPECTED: dict[tuple[Status, Status], set[str]] = {
+    (Status.PENDING, Status.RELEASED): {"planner"},
+    (Status.RELEASED, Status.PICKING): {"warehouse"},
+    (Status.PICKING, Status.PACKED): {"warehouse"},
+    (Status.PACKED, Status.SHIPPED): {"shipping"},
+    **{(s, Status.ON_HOLD): {"planner", "warehouse", "shipping", "supervisor"} for s in OPEN},
+    **{(Status.ON_HOLD, s): {"supervisor"} for s in OPEN},
+    (Status.PENDING, Status.CANCELLED): {"supervisor"},
+    (Status.RELEASED, Status.CANCELLED): {"supervisor"},
+    (Status.PICKING, Status.CANCELLED): {"supervisor"},
+    (Status.PACKED, Status.CANCELLED): {"supervisor"},
+}
+FOUR_EYES = {(Status.PICKING, Status.CANCELLED), (Status.PACKED, Status.CANCELLED)}
+
+GOOD_EVIDENCE = {
+    Status.PACKED: {"lines": [{"line_no": 1, "quantity": "5"}, {"line_no": 2, "quantity": "2.5"}]},
+    Status.SHIPPED: {"carrier": "DHL", "tracking_number": "JD014600003"},
+    Status.ON_HOLD: {"reason_code": "QC", "owner": "u-7", "due_at": "2026-12-01T12:00:00Z"},
+}
+
+
+def a_dispatch(status: Status, *, held_from: Status | None = None, version: int = 3) -> Dispatch:
+    return Dispatch(
+        id="d-1",
+        order_id="o-1",
+        status=status,
+        version=version,
+        lines=[Line(1, "P-1", Decimal("5"), "EA"), Line(2, "P-2", Decimal("2.5"), "KG")],
+        held_from=held_from,
+    )
+
+
+def test_the_table_holds_exactly_the_edges_of_the_design() -> None:
+    actual = {edge: set(rule.roles) - {"system", "exception_owner"}
+              for edge, rule in TRANSITIONS.items()}
+    assert actual == EXPECTED
+    assert {edge for edge, rule in TRANSITIONS.items() if rule.four_eyes} == FOUR_EYES
+
+
+@pytest.mark.parametrize(
+    ("state", "target", "role"),
+    list(itertools.product(list(Status), list(Status), ROLES)),
+    ids=lambda v: str(v),
+)
+def test_every_state_target_and_role_is_decided_as_the_design_says(
+    state: Status, target: Status, role: str
+) -> None:
+    held_from = target if state == Status.ON_HOLD and target in OPEN else None
+    dispatch = a_dispatch(state, held_from=held_from)
+    allowed = EXPECTED.get((state, target))
+    may_reach_target = any(role in roles for (_, t), roles in EXPECTED.items() if t == target)
+
+    def attempt() -> object:
+        return decide(
+            dispatch, target, roles=frozenset({role}), actor_id="u-1", expected_version=3,
+            reason="because", evidence=GOOD_EVIDENCE.get(target, {}),
+        )
+
+    if not may_reach_target:
+        with pytest.raises(Forbidden):
+            attempt()
+    elif allowed is None:
+        with pytest.raises(NotAllowedFromState):
+            attempt()
+    elif role not in allowed:
+        with pytest.raises(Forbidden):
+            attempt()
+    elif (state, target) in FOUR_EYES:
+        with pytest.raises(ApprovalRequired):
+            attempt()
+    else:
+        decision = attempt()
+        assert decision.rule.source == state and decision.rule.target == target  # type: ignore[attr-defined]
+
+
+def test_a_transition_names_the_version_it_read() -> None:
+    with pytest.raises(StaleVersion):
+        decide(a_dispatch(Status.PENDING, version=4), Status.RELEASED,
+               roles=frozenset({"planner"}), actor_id="u-1", expected_version=3)
+
+
+def test_release_is_refused_while_a_blocking_exception_is_open() -> None:
+    dispatch = a_dispatch(Status.PENDING)
+    dispatch.open_blocking_exceptions = 1
+    with pytest.raises(GuardFailed, match="blocking"):
+        decide(dispatch, Status.RELEASED, roles=frozenset({"planner"}), actor_id="u-1",
+               expected_version=3)
+
+
+def test_an_on_hold_dispatch_returns_only_to_the_state_it_left() -> None:
+    dispatch = a_dispatch(Status.ON_HOLD, held_from=Status.PICKING)
+    with pytest.raises(NotAllowedFromState, match="returns to picking"):
+        decide(dispatch, Status.RELEASED, roles=frozenset({"supervisor"}), actor_id="u-1",
+               expected_version=3)
+
+
+def test_the_owner_of_a_hold_may_resume_the_dispatch_without_being_supervisor() -> None:
+    dispatch = a_dispatch(Status.ON_HOLD, held_from=Status.PICKING)
+    dispatch.exception_owners = frozenset({"u-7"})
+    decision = decide(dispatch, Status.PICKING, roles=frozenset({"warehouse"}), actor_id="u-7",
+                      expected_version=3)
+    assert decision.rule.target == Status.PICKING
+    with pytest.raises(Forbidden):
+        decide(dispatch, Status.PICKING, roles=frozenset({"warehouse"}), actor_id="u-8",
+               expected_version=3)
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        ([{"line_no": 1, "quantity": "5"}], "have no packed quantity"),
+        ([{"line_no": 1, "quantity": "6"}, {"line_no": 2, "quantity": "2.5"}], "more than"),
+        ([{"line_no": 1, "quantity": "-1"}, {"line_no": 2, "quantity": "2.5"}], "zero or more"),
+        ([{"line_no": 9, "quantity": "1"}, {"line_no": 1, "quantity": "5"},
+          {"line_no": 2, "quantity": "2.5"}], "not a line of this order"),
+        ([{"line_no": 1, "quantity": "five"}, {"line_no": 2, "quantity": "2.5"}], "not a number"),
+        ([{"line_no": 1, "quantity": "5"}, {"line_no": 1, "quantity": "5"},
+          {"line_no": 2, "quantity": "2.5"}], "listed twice"),
+    ],
+)
+def test_packing_evidence_must_account_for_every_line(lines: list[object], problem: str) -> None:
+    with pytest.raises(InvalidEvidence, match=problem):
+        decide(a_dispatch(Status.PICKING), Status.PACKED, roles=frozenset({"warehouse"}),
+               actor_id="u-1", expected_version=3, evidence={"lines": lines})
+
+
+def test_a_short_line_needs_an_open_exception_or_a_supervisor() -> None:
+    short = {"lines": [{"line_no": 1, "quantity": "4"}, {"line_no": 2, "quantity": "2.5"}]}
+    with pytest.raises(InvalidEvidence, match="short"):
+        decide(a_dispatch(Status.PICKING), Status.PACKED, roles=frozenset({"warehouse"}),
+               actor_id="u-1", expected_version=3, evidence=short)
+    with_exception = a_dispatch(Status.PICKING)
+    with_exception.open_exceptions = 1
+    decision = decide(with_exception, Status.PACKED, roles=frozenset({"warehouse"}),
+                      actor_id="u-1", expected_version=3, evidence=short)
+    assert decision.short_lines == [1]
+    by_supervisor = decide(a_dispatch(Status.PICKING), Status.PACKED,
+                           roles=frozenset({"warehouse", "supervisor"}), actor_id="u-2",
+                           expected_version=3, evidence=short)
+    assert by_supervisor.evidence["lines"][0] == {"line_no": 1, "quantity": "4"}
+
+
+@pytest.mark.parametrize("missing", ["carrier", "tracking_number"])
+def test_shipping_needs_carrier_and_tracking_number(missing: str) -> None:
+    evidence = dict(GOOD_EVIDENCE[Status.SHIPPED])
+    evidence[missing] = "  "
+    with pytest.raises(InvalidEvidence, match=missing):
+        decide(a_dispatch(Status.PACKED), Status.SHIPPED, roles=frozenset({"shipping"}),
+               actor_id="u-1", expected_version=3, evidence=evidence)
+
+
+def test_cancelling_needs_a_reason() -> None:
+    with pytest.raises(InvalidEvidence, match="reason"):
+        decide(a_dispatch(Status.PENDING), Status.CANCELLED, roles=frozenset({"supervisor"}),
+               actor_id="u-1", expected_version=3, reason=" ")
+
+
+def test_shipped_and_cancelled_are_terminal() -> None:
+    for state in (Status.SHIPPED, Status.CANCELLED):
+        assert not [edge for edge in TRANSITIONS if edge[0] == state]
