@@ -197,11 +197,12 @@ def decide(
 
 
 def _check_guard(dispatch: Dispatch, rule: Rule) -> None:
-    if rule.source == Status.PENDING and rule.target == Status.RELEASED:
-        if dispatch.open_blocking_exceptions:
-            raise GuardFailed(
-                f"{dispatch.open_blocking_exceptions} open blocking exception(s) must be resolved"
-            )
+    if (rule.source, rule.target) == (Status.PENDING, Status.RELEASED) and (
+        dispatch.open_blocking_exceptions
+    ):
+        raise GuardFailed(
+            f"{dispatch.open_blocking_exceptions} open blocking exception(s) must be resolved"
+        )
     if rule.source == Status.ON_HOLD:
         if rule.target != dispatch.held_from:
             raise NotAllowedFromState(

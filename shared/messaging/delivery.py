@@ -68,7 +68,7 @@ class _Delivery(BaseMiddleware):
         exc_val: BaseException | None = None,
         exc_tb: TracebackType | None = None,
     ) -> bool:
-        raw: aio_pika.abc.AbstractIncomingMessage = self.msg
+        raw: aio_pika.abc.AbstractIncomingMessage = self.msg  # type: ignore[assignment]
         if exc_val is None or isinstance(exc_val, Duplicate):
             if not raw.processed:
                 await raw.ack()
@@ -76,7 +76,7 @@ class _Delivery(BaseMiddleware):
         if not isinstance(exc_val, Exception):
             return False  # cancellation: leave the message unacked so the broker redelivers it
         queue = self._queue_name()
-        attempts = int((raw.headers or {}).get("x-delivery-count", 0) or 0) + 1
+        attempts = _delivery_count(raw) + 1
         if isinstance(exc_val, PERMANENT) or attempts >= self.policy.topology.delivery_limit:
             reason = describe(exc_val)
             if not isinstance(exc_val, PERMANENT):
@@ -99,6 +99,12 @@ class _Delivery(BaseMiddleware):
         return getattr(queue, "name", "") or "unknown"
 
 
+def _delivery_count(raw: aio_pika.abc.AbstractIncomingMessage) -> int:
+    """Earlier deliveries of this message, as counted by the quorum queue."""
+    value = (raw.headers or {}).get("x-delivery-count", 0)
+    return value if isinstance(value, int) else 0
+
+
 async def dead_letter(
     broker: Any,
     topology: Topology,
@@ -108,11 +114,12 @@ async def dead_letter(
 ) -> None:
     """Put a copy of `raw` on `queue`'s dead-letter queue with our reason headers (confirmed)."""
     headers = dict(raw.headers or {})
+    # A replayed message arrives with the queue name as its routing key; keep the event's own.
+    headers.setdefault(ROUTING_KEY_HEADER, raw.routing_key or "")
     headers.update(
         {
             ERROR_HEADER: reason,
             QUEUE_HEADER: queue,
-            ROUTING_KEY_HEADER: raw.routing_key or "",
             DEAD_LETTERED_AT_HEADER: datetime.now(UTC).isoformat(),
         }
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -19,10 +20,11 @@ from shared.messaging.topology import Topology
 log = logging.getLogger("spine.relay")
 
 # Rows are locked for the duration of their publish, so a second relay (another replica of
-# the service) skips them instead of publishing them twice.
+# the service) skips them instead of publishing them twice. Rows that already failed in this
+# pass ($2) are passed over, so that they cannot hold back the events behind them.
 _CLAIM = """
 SELECT id, event_id, routing_key, correlation_id, body, headers
-FROM outbox WHERE sent_at IS NULL
+FROM outbox WHERE sent_at IS NULL AND NOT (id = ANY($2::bigint[]))
 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 """
 _MARK_SENT = "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = ANY($1::bigint[])"
@@ -87,20 +89,28 @@ class OutboxRelay:
         self._wake.set()
 
     async def drain(self) -> int:
-        """Publish every unsent row, one locked batch at a time; returns how many were sent."""
+        """Publish every unsent row, one locked batch at a time; returns how many were sent.
+
+        A row that fails (e.g. unroutable) stays unsent with its error and is skipped for the rest
+        of the pass; the pass then raises, so `run()` backs off before trying it again.
+        """
         total = 0
+        failed: list[int] = []
         while True:
-            sent, full = await self._publish_batch()
+            sent, full = await self._publish_batch(failed)
             total += sent
             if not full or self._stopping.is_set():
-                return total
+                break
+        if failed:
+            raise _BatchIncomplete(f"{len(failed)} event(s) left unsent")
+        return total
 
-    async def _publish_batch(self) -> tuple[int, bool]:
+    async def _publish_batch(self, failed_ids: list[int]) -> tuple[int, bool]:
         async with self.engine.connect() as sa_conn:
             raw = await sa_conn.get_raw_connection()
             conn: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
             async with conn.transaction():
-                rows = await conn.fetch(_CLAIM, self.batch_size)
+                rows = await conn.fetch(_CLAIM, self.batch_size, failed_ids)
                 if not rows:
                     return 0, False
                 results = await asyncio.gather(
@@ -119,8 +129,7 @@ class OutboxRelay:
                               len(failed), failed[0][0]["routing_key"], failed[0][0]["event_id"],
                               reason)
             self.published += len(ok)
-            if failed:
-                raise _BatchIncomplete(f"{len(failed)} of {len(rows)} event(s) left unsent")
+            failed_ids.extend(row["id"] for row, _ in failed)
             return len(ok), len(rows) == self.batch_size
 
     async def _publish(self, row: asyncpg.Record) -> None:
@@ -154,7 +163,5 @@ class OutboxRelay:
                         exc, self.poll_interval_s)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass

@@ -214,6 +214,7 @@ async def _stop(stack: Stack) -> None:
             proc.kill()
             problems.append(f"{name} did not stop within 30 s of SIGTERM")
             continue
-        if code != 0:
+        # uvicorn re-raises SIGTERM after its clean shutdown, so -SIGTERM is a normal stop.
+        if code not in (0, -signal.SIGTERM):
             problems.append(f"{name} exited with {code}")
     assert not problems, f"{problems}\n{stack.log_text()}"
