@@ -1,0 +1,328 @@
+"""Fixtures shared by unit, integration and e2e tests.
+
+Unit tests touch no server. Integration and e2e tests ask for `servers`, which finds a real
+PostgreSQL and RabbitMQ (or starts them with testcontainers when a Docker engine answers) and
+fails the run loudly when neither is possible: a missing server must never look like a pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import pytest
+
+from shared.db.migrate import drop_database, ensure_database
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+# Read by every `ServiceSettings`; a fresh random secret per test session unless one is given.
+os.environ.setdefault("SPINE_JWT_SECRET", secrets.token_hex(32))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by folder, so `-m "not integration and not e2e"` runs without servers."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        elif "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+# --------------------------------------------------------------------------------------------
+# Servers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Servers:
+    """Where the test PostgreSQL and RabbitMQ answer (server URLs, no database in `pg_url`)."""
+
+    pg_url: str
+    amqp_url: str
+    source: str  # "environment" or "testcontainers"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables a service process needs to reach these servers."""
+        return {"SPINE_PG_URL": self.pg_url, "SPINE_AMQP_URL": self.amqp_url}
+
+
+def configured_urls() -> tuple[str, str]:
+    """The URLs tests use: SPINE_TEST_* first, then the services' own SPINE_* variables."""
+    pg = os.environ.get("SPINE_TEST_PG_URL") or os.environ.get("SPINE_PG_URL") or DEFAULT_PG_URL
+    amqp = (
+        os.environ.get("SPINE_TEST_AMQP_URL")
+        or os.environ.get("SPINE_AMQP_URL")
+        or DEFAULT_AMQP_URL
+    )
+    return pg.rstrip("/"), amqp
+
+
+async def probe_postgres(pg_url: str, timeout: float = 3.0) -> str | None:
+    """None when PostgreSQL answers a query at `pg_url`, else why not."""
+    try:
+        conn = await asyncpg.connect(f"{pg_url.rstrip('/')}/postgres", timeout=timeout)
+    except Exception as exc:
+        return f"{exc.__class__.__name__}: {exc}"
+    try:
+        await conn.fetchval("SELECT 1")
+    finally:
+        await conn.close()
+    return None
+
+
+async def probe_rabbitmq(amqp_url: str, timeout: float = 3.0) -> str | None:
+    """None when RabbitMQ accepts a connection and opens a channel at `amqp_url`, else why not."""
+    try:
+        conn = await aio_pika.connect(amqp_url, timeout=timeout)
+    except Exception as exc:
+        return f"{exc.__class__.__name__}: {exc}"
+    try:
+        await conn.channel()
+    finally:
+        await conn.close()
+    return None
+
+
+def docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(
+            ["docker", "info"], capture_output=True, timeout=15, check=False
+        ).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _start_containers(stack: contextlib.ExitStack) -> tuple[str, str]:
+    """Start PostgreSQL 15 and RabbitMQ 3.10; stopped when `stack` closes (blocking)."""
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+        from testcontainers.community.rabbitmq import RabbitMqContainer
+    except ImportError:  # older testcontainers keep them at the top level
+        from testcontainers.postgres import PostgresContainer  # type: ignore[no-redef]
+        from testcontainers.rabbitmq import RabbitMqContainer  # type: ignore[no-redef]
+
+    pg = stack.enter_context(PostgresContainer("postgres:15"))
+    rabbit = stack.enter_context(RabbitMqContainer("rabbitmq:3.10"))
+    pg_url = (
+        f"postgresql://{pg.username}:{pg.password}@{pg.get_container_host_ip()}"
+        f":{pg.get_exposed_port(pg.port)}"
+    )
+    amqp_url = (
+        f"amqp://{rabbit.username}:{rabbit.password}@{rabbit.get_container_host_ip()}"
+        f":{rabbit.get_exposed_port(rabbit.port)}/"
+    )
+    return pg_url, amqp_url
+
+
+@contextlib.asynccontextmanager
+async def find_servers() -> AsyncIterator[Servers]:
+    """Reachable servers for integration and e2e tests, or `pytest.fail` naming what was tried.
+
+    The configured URLs are used when they answer. Otherwise, where a Docker engine answers,
+    throwaway containers are started (and exported as SPINE_TEST_* so child processes find
+    them). Otherwise the run fails: a CI job without its servers must be red, not skipped.
+    """
+    pg_url, amqp_url = configured_urls()
+    problems = {
+        "PostgreSQL": (pg_url, await probe_postgres(pg_url)),
+        "RabbitMQ": (amqp_url, await probe_rabbitmq(amqp_url)),
+    }
+    if all(err is None for _, err in problems.values()):
+        yield Servers(pg_url, amqp_url, "environment")
+        return
+
+    missing = "; ".join(
+        f"{name} at {_redact(url)} did not answer ({err})"
+        for name, (url, err) in problems.items()
+        if err is not None
+    )
+    if not await asyncio.to_thread(docker_engine_answers):
+        pytest.fail(
+            f"integration servers unavailable: {missing}. Start them, or point "
+            "SPINE_TEST_PG_URL / SPINE_TEST_AMQP_URL at servers that answer "
+            "(no Docker engine answers `docker info`, so testcontainers cannot stand in).",
+            pytrace=False,
+        )
+
+    with contextlib.ExitStack() as stack:
+        try:
+            pg_url, amqp_url = await asyncio.to_thread(_start_containers, stack)
+        except Exception as exc:
+            pytest.fail(f"{missing}; starting testcontainers failed too: {exc}", pytrace=False)
+        for name, url, probe in (
+            ("PostgreSQL", pg_url, probe_postgres),
+            ("RabbitMQ", amqp_url, probe_rabbitmq),
+        ):
+            if (err := await probe(url, 10.0)) is not None:
+                pytest.fail(f"{name} container at {_redact(url)} did not answer: {err}",
+                            pytrace=False)
+        saved = {k: os.environ.get(k) for k in ("SPINE_TEST_PG_URL", "SPINE_TEST_AMQP_URL")}
+        os.environ["SPINE_TEST_PG_URL"], os.environ["SPINE_TEST_AMQP_URL"] = pg_url, amqp_url
+        try:
+            yield Servers(pg_url, amqp_url, "testcontainers")
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _redact(url: str) -> str:
+    """`scheme://user:***@host` — the URL a person can compare with their settings."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+
+
+@pytest.fixture(scope="session")
+async def servers() -> AsyncIterator[Servers]:
+    """The PostgreSQL and RabbitMQ integration and e2e tests run against (fails if none)."""
+    async with find_servers() as found:
+        yield found
+
+
+# --------------------------------------------------------------------------------------------
+# Isolation: names, databases, exchanges and queues
+# --------------------------------------------------------------------------------------------
+
+
+def unique_name(prefix: str = "spinetest") -> str:
+    """`spinetest_<8 hex>`: valid as a namespace, a database prefix and a queue prefix."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def session_namespace() -> str:
+    """One namespace for a whole session, for tests that share long-lived topology (e2e)."""
+    return unique_name()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A namespace of exchanges and queues no other test (or run) uses."""
+    return unique_name()
+
+
+@pytest.fixture
+def db_prefix(namespace: str) -> str:
+    """A database prefix no other test uses (`<prefix>_<service>` is each database's name)."""
+    return namespace
+
+
+DatabaseFactory = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture
+async def databases(servers: Servers, db_prefix: str) -> AsyncIterator[DatabaseFactory]:
+    """`await databases("order")` creates `<prefix>_order` and returns its SQLAlchemy URL.
+
+    Every database created is dropped (connections closed by force) when the test ends.
+    """
+    created: list[str] = []
+
+    async def create(service: str) -> str:
+        name = f"{db_prefix}_{service}"
+        if not await ensure_database(servers.pg_url, name):
+            raise AssertionError(f"database {name} already existed: names must be unique")
+        created.append(name)
+        return f"{servers.pg_url.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+
+    try:
+        yield create
+    finally:
+        for name in reversed(created):
+            await drop_database(servers.pg_url, name)
+
+
+@dataclass
+class RabbitJanitor:
+    """Remembers the exchanges and queues a test declares and deletes them when it ends.
+
+    There is no management API to list them, so whatever a test declares is registered here
+    by name (the `Topology` of the test's namespace registers its exchanges automatically).
+    """
+
+    amqp_url: str
+    queues: list[str] = field(default_factory=list)
+    exchanges: list[str] = field(default_factory=list)
+
+    def queue(self, name: str) -> str:
+        if name not in self.queues:
+            self.queues.append(name)
+        return name
+
+    def exchange(self, name: str) -> str:
+        if name not in self.exchanges:
+            self.exchanges.append(name)
+        return name
+
+    def namespace(self, namespace: str) -> None:
+        """The two exchanges every `Topology(namespace)` declares."""
+        self.exchange(f"{namespace}.events")
+        self.exchange(f"{namespace}.dlx")
+
+    def subscribers_of(self, broker: Any, topology: Any) -> None:
+        """Each subscribed queue of a FastStream broker, and its dead-letter queue."""
+        for sub in broker.subscribers:
+            name = sub.queue.name
+            self.queue(name)
+            self.queue(topology.dead_letter_queue(name).name)
+
+    async def clean(self) -> list[str]:
+        """Delete everything registered; returns what could not be deleted."""
+        failures: list[str] = []
+        conn = await aio_pika.connect(self.amqp_url, timeout=10)
+        try:
+            for kind, names in (("queue", self.queues), ("exchange", self.exchanges)):
+                for name in names:
+                    # A fresh channel each time: a refused delete closes its channel.
+                    channel = await conn.channel()
+                    try:
+                        if kind == "queue":
+                            await channel.queue_delete(name)
+                        else:
+                            await channel.exchange_delete(name)
+                    except Exception as exc:
+                        failures.append(f"{kind} {name}: {exc}")
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await channel.close()
+        finally:
+            await conn.close()
+        return failures
+
+
+@pytest.fixture
+async def rabbit_janitor(servers: Servers, namespace: str) -> AsyncIterator[RabbitJanitor]:
+    """Deletes the test's exchanges (`<namespace>.events`, `.dlx`) and registered queues."""
+    janitor = RabbitJanitor(servers.amqp_url)
+    janitor.namespace(namespace)
+    yield janitor
+    failures = await janitor.clean()
+    assert not failures, f"could not clean up RabbitMQ: {failures}"
+
+
+@pytest.fixture
+def jwt_secret() -> str:
+    return os.environ["SPINE_JWT_SECRET"]
