@@ -782,6 +782,102 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
 # --------------------------------------------------------------------------- argument parsing
 
 
+# --------------------------------------------------------------------------- dispatch (HTTP)
+
+
+def _api(settings: Settings, role: str, sub: str | None) -> Any:
+    """An HTTP client of the dispatch API, acting as a development user with `role`."""
+    import httpx
+
+    from shared.auth import JwtVerifier
+
+    if not settings.jwt_secret:
+        raise CliError("SPINE_JWT_SECRET is not set (environment or .env); run `make env`")
+    token = JwtVerifier(settings.jwt_secret, issuer=settings.jwt_issuer,
+                        audience=settings.jwt_audience).issue(sub or f"dev-{role}", [role])
+    base = os.environ.get("SPINE_DISPATCH_URL", "http://127.0.0.1:8002")
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def _answer(response: Any) -> Any:
+    """The JSON body of a 2xx answer; otherwise a one-line error with the service's reason."""
+    if response.is_success:
+        return response.json()
+    try:
+        body = response.json()
+        detail = body.get("detail", body)
+        problems = body.get("problems")
+    except ValueError:
+        detail, problems = response.text, None
+    extra = f" ({'; '.join(problems)})" if problems else ""
+    raise CliError(f"HTTP {response.status_code}: {detail}{extra}")
+
+
+def _request(call: Callable[[], Any]) -> Any:
+    import httpx
+
+    try:
+        return _answer(call())
+    except httpx.HTTPError as exc:
+        raise CliError(f"the dispatch service did not answer ({exc}); is `make run` running? "
+                       "(set SPINE_DISPATCH_URL to reach another one)") from exc
+
+
+def cmd_dispatch_list(args: argparse.Namespace, settings: Settings) -> int:
+    """List dispatches, newest first."""
+    params = {k: v for k, v in (("order_id", args.order), ("status", args.status)) if v}
+    with _api(settings, "ops", None) as client:
+        rows = _request(lambda: client.get("/dispatches", params=params))
+    for row in rows:
+        print(f"{row['id']}  {row['status']:<9} v{row['version']:<3} order {row['order_id']}"
+              f"  ({row.get('source') or '-'} {row.get('external_ref') or ''})")
+    if not rows:
+        print("no dispatches match", file=sys.stderr)
+    return 0
+
+
+def cmd_dispatch_move(args: argparse.Namespace, settings: Settings) -> int:
+    """Move a dispatch to a new status as a user with the given role (reads the version first)."""
+    evidence: dict[str, Any] = {}
+    if args.line:
+        evidence["lines"] = args.line
+    if args.carrier or args.tracking:
+        evidence.update(carrier=args.carrier or "", tracking_number=args.tracking or "")
+    if args.hold_code or args.owner or args.due:
+        evidence.update(reason_code=args.hold_code or "", owner=args.owner or "",
+                        due_at=args.due or "")
+    with _api(settings, args.as_role, args.sub) as client:
+        current = client.get(f"/dispatches/{args.dispatch_id}")
+        _answer(current)
+        version = current.headers.get("etag", "")
+        moved = _request(lambda: client.post(
+            f"/dispatches/{args.dispatch_id}/transitions",
+            json={"to": args.status, "reason": args.reason or "", "evidence": evidence},
+            headers={"If-Match": version},
+        ))
+    print(f"{moved['id']} is now {moved['status']} (version {moved['version']})")
+    return 0
+
+
+def cmd_dispatch_history(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a dispatch's audit history, oldest first."""
+    with _api(settings, "ops", None) as client:
+        rows = _request(lambda: client.get(f"/dispatches/{args.dispatch_id}/history"))
+    for row in rows:
+        print(f"{row['occurred_at']}  {row['actor_id']} ({row['actor_role']})  "
+              f"{row['from_state'] or '-'} -> {row['to_state'] or '-'}"
+              f"{'  reason: ' + row['reason'] if row['reason'] else ''}"
+              f"  correlation {row['correlation_id']}")
+    return 0
+
+
+def packed_line(value: str) -> dict[str, Any]:
+    line_no, sep, quantity = value.partition("=")
+    if not sep or not line_no.isdigit() or not quantity:
+        raise argparse.ArgumentTypeError(f"{value!r} is not LINE_NO=QUANTITY, e.g. 1=4")
+    return {"line_no": int(line_no), "quantity": quantity}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree; each sub-command's handler is stored as `func`."""
     parser = argparse.ArgumentParser(
@@ -870,6 +966,34 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--pattern", action="append",
                        help="binding pattern, repeatable (default '#': everything)")
     watch.add_argument("--seconds", type=positive_float, help="stop after N seconds")
+    dispatch = commands.add_parser(
+        "dispatch", help="list, move and inspect dispatches through the dispatch API",
+        description="List, move and inspect dispatches through the dispatch API "
+                    "(SPINE_DISPATCH_URL, default http://127.0.0.1:8002), acting as a "
+                    "development user of a role.")
+    dispatch_commands = dispatch.add_subparsers(dest="dispatch_command", required=True,
+                                                metavar="COMMAND")
+    dispatch_list = command(dispatch_commands, "list", cmd_dispatch_list, "list dispatches")
+    dispatch_list.add_argument("--order", help="only the dispatch of this order id")
+    dispatch_list.add_argument("--status", help="only dispatches in this status")
+    move = command(dispatch_commands, "move", cmd_dispatch_move,
+                   "move a dispatch to a new status (reads its version, sends If-Match)")
+    move.add_argument("dispatch_id")
+    move.add_argument("status", help="released, picking, packed, shipped, on_hold, cancelled, ...")
+    move.add_argument("--as", dest="as_role", required=True, type=role_name,
+                      help="act as a user with this role, e.g. planner")
+    move.add_argument("--sub", help="user id (default: dev-<role>)")
+    move.add_argument("--reason", help="why (required for on_hold and cancelled)")
+    move.add_argument("--line", action="append", type=packed_line, metavar="LINE_NO=QTY",
+                      help="packed quantity of a line (for packed); repeat for every line")
+    move.add_argument("--carrier", help="for shipped")
+    move.add_argument("--tracking", help="tracking number, for shipped")
+    move.add_argument("--hold-code", help="reason code, for on_hold")
+    move.add_argument("--owner", help="who owns the follow-up, for on_hold")
+    move.add_argument("--due", help="ISO 8601 due date-time, for on_hold")
+    history = command(dispatch_commands, "history", cmd_dispatch_history,
+                      "every change of a dispatch, from its audit log")
+    history.add_argument("dispatch_id")
     return parser
 
 
