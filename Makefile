@@ -58,11 +58,7 @@ topology: venv services-up ## declare the events and dead-letter exchanges
 	$(PY) -m shared.cli topology declare
 
 run: venv env services-up migrate topology ## run the four services in the foreground (Ctrl-C stops)
-	@if [ -f services/erp_adapter/cli.py ] && $(foreach f,$(ERP_SAMPLES),[ -f $(f) ] &&) true; then \
-		$(PY) -m services.erp_adapter.cli import $(ERP_SAMPLES); \
-	else \
-		echo "(no ERP sample import yet: services/erp_adapter/cli.py or $(ERP_SAMPLES) missing)"; \
-	fi
+	$(PY) -m services.erp_adapter.cli import $(ERP_SAMPLES)
 	$(PY) scripts/run.py
 
 test: venv env services-up ## all tests: unit, integration and e2e (one pytest run)

@@ -313,24 +313,22 @@ async def publish(exchange: Any, message: Any, routing_key: str, *, unroutable: 
 
 
 def cmd_topology_declare(args: argparse.Namespace, settings: Settings) -> int:
-    """Declare the events exchange and the dead-letter exchange (services declare their queues)."""
-    import aio_pika
+    """Declare the exchanges and every consumer queue (with its DLQ) before services start."""
     from aio_pika.exceptions import AMQPChannelError
 
-    from shared.messaging.topology import Topology
+    from shared.messaging.topology import Topology, declare_all
 
     topology = Topology(settings.namespace)
 
     async def declare() -> None:
         async with amqp(settings) as conn:
             channel = await conn.channel()
-            for exchange in (topology.events, topology.dead_letters):
-                kind = aio_pika.ExchangeType(exchange.type.value)
-                try:
-                    await channel.declare_exchange(exchange.name, kind, durable=exchange.durable)
-                except AMQPChannelError as exc:
-                    raise CliError(f"cannot declare exchange {exchange.name}: {exc}") from exc
-                print(f"declared exchange {exchange.name} ({kind.value}, durable)")
+            try:
+                queues = await declare_all(channel, topology)
+            except AMQPChannelError as exc:
+                raise CliError(f"cannot declare the topology: {exc}") from exc
+        print(f"declared {topology.events.name} (topic), {topology.dead_letters.name} (direct) "
+              f"and {len(queues)} queues: {', '.join(queues)}")
 
     asyncio.run(declare())
     return 0

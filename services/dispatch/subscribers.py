@@ -6,8 +6,8 @@ from faststream.rabbit import RabbitBroker
 
 from services.dispatch import handlers
 from shared.contracts.envelope import Envelope
-from shared.contracts.order import ORDER_CANCELLED, ORDER_CONFIRMED, OrderCancelled, OrderConfirmed
-from shared.messaging.topology import Topology
+from shared.contracts.order import OrderCancelled, OrderConfirmed
+from shared.messaging.topology import Topology, consumer_queue
 from shared.uow import UnitOfWork
 
 SERVICE = "dispatch"
@@ -15,8 +15,8 @@ SERVICE = "dispatch"
 
 def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
     """Subscribe the dispatch service's consumers, one quorum queue per purpose."""
-    confirmed_queue = topology.queue(SERVICE, "order-confirmed", ORDER_CONFIRMED)
-    cancelled_queue = topology.queue(SERVICE, "order-cancelled", ORDER_CANCELLED)
+    confirmed_queue = consumer_queue(topology, SERVICE, "order-confirmed")
+    cancelled_queue = consumer_queue(topology, SERVICE, "order-cancelled")
 
     @broker.subscriber(confirmed_queue, topology.events, title="dispatch/order.confirmed")
     async def on_order_confirmed(event: Envelope[OrderConfirmed]) -> None:

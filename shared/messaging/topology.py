@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import aio_pika
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
 
 ERROR_HEADER = "x-spine-error"
@@ -69,8 +71,7 @@ CONSUMER_QUEUES: dict[str, list[tuple[str, str]]] = {
         ("order-confirmed", "order.confirmed"),
         ("order-cancelled", "order.cancelled"),
     ],
-    "notification": [("events", "#")],
-    "erp_adapter": [("dispatch-events", "dispatch.#")],
+    "notification": [("events", "dispatch.#"), ("order-events", "order.*")],
 }
 
 
@@ -82,3 +83,35 @@ def known_queues(namespace: str = "spine") -> list[str]:
         for service, queues in CONSUMER_QUEUES.items()
         for purpose, _ in queues
     ]
+
+
+def consumer_queue(topology: Topology, service: str, purpose: str) -> RabbitQueue:
+    """The quorum queue of `service` for `purpose`, bound as CONSUMER_QUEUES says."""
+    keys = dict(CONSUMER_QUEUES[service])
+    return topology.queue(service, purpose, keys[purpose])
+
+
+async def declare_all(channel: Any, topology: Topology) -> list[str]:
+    """Declare both exchanges and every consumer queue with its bindings and dead-letter queue.
+
+    Run before any service starts (`make run`, the e2e tests), so that no event published
+    early reaches only some of its consumers: `mandatory` detects *no* queue, not a missing one.
+    Returns the names of the queues declared.
+    """
+    events = await channel.declare_exchange(
+        topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dlx = await channel.declare_exchange(
+        topology.dead_letters.name, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    declared = []
+    for service, queues in CONSUMER_QUEUES.items():
+        for purpose, _ in queues:
+            spec = consumer_queue(topology, service, purpose)
+            queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+            await queue.bind(events, routing_key=spec.routing())
+            dead = topology.dead_letter_queue(spec.name)
+            dlq = await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
+            await dlq.bind(dlx, routing_key=dead.routing())
+            declared += [spec.name, dead.name]
+    return declared

@@ -24,19 +24,13 @@ import pytest
 from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
 from shared.db.migrate import drop_database, ensure_database, upgrade
+from shared.messaging.topology import Topology, declare_all
 from tests.conftest import RabbitJanitor, Servers
 
 ROOT = Path(__file__).resolve().parents[2]
 # (python package, database suffix)
 SERVICES = {"order": "order", "dispatch": "dispatch", "notification": "notification",
             "erp_adapter": "erp"}
-# Every queue the services declare, for clean-up (there is no management API to list them).
-QUEUES = {
-    "order": ["order-submitted", "customer-upserted", "product-upserted"],
-    "dispatch": ["order-confirmed", "order-cancelled"],
-    "notification": ["events", "order-events"],
-    "erp_adapter": ["dispatch-events"],
-}
 
 
 def free_port() -> int:
@@ -144,6 +138,13 @@ async def stack(
     for package, suffix in SERVICES.items():
         await ensure_database(servers.pg_url, f"{ns}_{suffix}")
         await asyncio.to_thread(upgrade, package, f"{pg_async}/{ns}_{suffix}")
+    declared: list[str] = []
+    connection = await aio_pika.connect(servers.amqp_url)
+    try:
+        # As `make run` does: every queue exists before any service can publish.
+        declared = await declare_all(await connection.channel(), Topology(ns))
+    finally:
+        await connection.close()
     logdir = tmp_path_factory.mktemp("service-logs")
     stack = Stack(
         namespace=ns, servers=servers, secret=os.environ["SPINE_JWT_SECRET"],
@@ -174,10 +175,8 @@ async def stack(
         janitor = RabbitJanitor(servers.amqp_url)
         janitor.namespace(ns)
         janitor.queue(f"{ns}.e2e.watch")
-        for service, purposes in QUEUES.items():
-            for purpose in purposes:
-                janitor.queue(f"{ns}.{service}.{purpose}")
-                janitor.queue(f"{ns}.{service}.{purpose}.dlq")
+        for name in declared:
+            janitor.queue(name)
         if stack.connection is not None:
             await stack.connection.close()
         await janitor.clean()

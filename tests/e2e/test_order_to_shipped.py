@@ -180,7 +180,7 @@ async def test_a_garbage_message_lands_in_the_dead_letter_queue_with_its_reason(
     stack: Stack,
 ) -> None:
     message_id = str(uuid.uuid4())
-    await stack.publish("ext.mes.order.submitted", b"\x00this is not json", message_id=message_id)
+    await stack.publish("ext.mes.order.submitted", b"{this is not json", message_id=message_id)
     assert stack.connection is not None
     channel = await stack.connection.channel()
     dlq = await channel.declare_queue(f"{stack.namespace}.order.order-submitted.dlq", passive=True)

@@ -1,0 +1,10 @@
+"""Settings of the notification service."""
+
+from typing import ClassVar
+
+from shared.config import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service: ClassVar[str] = "notification"
+    default_http_port: ClassVar[int] = 8003

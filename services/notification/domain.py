@@ -1,0 +1,58 @@
+"""What the notification service keeps of each event it observes. No I/O.
+
+The notification rules (a later issue) decide who hears about what from these observations;
+until then the service records each event once, with the aggregate it concerns, so that the
+rules have a history to read and ops can see what went past.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# The aggregates Spine's events name, in the order they are tried when the event type itself
+# does not say (a dispatch event also carries its order_id; the dispatch is its aggregate).
+AGGREGATES = ("dispatch", "order", "customer", "product", "notification")
+
+
+@dataclass(frozen=True)
+class AggregateRef:
+    type: str | None
+    id: str | None
+    version: int | None
+
+
+@dataclass(frozen=True)
+class ObservedEvent:
+    event_id: uuid.UUID
+    type: str
+    producer: str
+    occurred_at: datetime
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None
+    actor_id: str
+    actor_role: str
+    aggregate: AggregateRef
+    data: Mapping[str, Any]
+
+
+def aggregate_of(event_type: str, data: Mapping[str, Any]) -> AggregateRef:
+    """The aggregate an event is about: named by its type (`dispatch.packed` → dispatch_id)."""
+    named = [part for part in event_type.split(".") if part in AGGREGATES]
+    for kind in [*named, *AGGREGATES]:
+        value = data.get(f"{kind}_id")
+        # bool is an int in Python, but never an id.
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            # `version` is the version of the event's own aggregate only.
+            version = _version(data.get("version")) if kind in named else None
+            return AggregateRef(kind, str(value), version)
+    return AggregateRef(None, None, None)
+
+
+def _version(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    return None

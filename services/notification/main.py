@@ -1,0 +1,33 @@
+"""Composition root of the notification service: settings → runtime → subscribers → HTTP app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.notification import api, subscribers
+from services.notification.config import Settings
+from services.notification.tables import metadata
+from shared.runtime import Runtime
+from shared.uow import UnitOfWork
+
+NAME = "notification"
+
+
+def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
+    """Wire the service; nothing connects until the app starts."""
+    settings = settings or Settings()  # type: ignore[call-arg]
+    runtime = Runtime.build(NAME, settings)
+    uow = UnitOfWork(runtime.engine, NAME, metadata)
+    subscribers.register(runtime.broker, runtime.topology, uow)
+    app = runtime.app(title="Spine notification", routers=[api.router])
+    app.state.uow = uow
+    return runtime, app
+
+
+def main() -> None:
+    runtime, app = build()
+    runtime.serve(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Message edges: contract → command → handler, nothing else."""
+
+from __future__ import annotations
+
+from faststream.rabbit import RabbitBroker
+
+from services.notification import handlers
+from services.notification.domain import ObservedEvent, aggregate_of
+from shared.contracts.envelope import LooseEnvelope
+from shared.messaging.topology import Topology
+from shared.uow import UnitOfWork
+
+SERVICE = "notification"
+
+
+def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
+    """Subscribe the notification service's consumers, one quorum queue per purpose."""
+    # Deliberately not `#`: a catch-all queue would make every `erp.*` event routable, so an
+    # import published before the order service declared its queues would be lost to it
+    # instead of waiting in the outbox (the relay publishes with `mandatory`).
+    dispatch_queue = topology.queue(SERVICE, "events", "dispatch.#")
+    order_queue = topology.queue(SERVICE, "order-events", "order.*")
+
+    # Loose envelopes: a payload this service does not understand yet is still worth keeping;
+    # a broken envelope is dead-lettered with its reason.
+    @broker.subscriber(dispatch_queue, topology.events, title="notification/dispatch.#")
+    async def on_dispatch_event(event: LooseEnvelope) -> None:
+        """A dispatch was created, moved, held or corrected: keep the event for the rules."""
+        await handlers.record_event(_command(event, dispatch_queue.name), uow)
+
+    @broker.subscriber(order_queue, topology.events, title="notification/order.*")
+    async def on_order_event(event: LooseEnvelope) -> None:
+        """An order was received, rejected, confirmed or cancelled: keep the event."""
+        await handlers.record_event(_command(event, order_queue.name), uow)
+
+
+def _command(event: LooseEnvelope, consumer: str) -> handlers.RecordEvent:
+    return handlers.RecordEvent(
+        consumer=consumer,
+        event=ObservedEvent(
+            event_id=event.event_id,
+            type=event.type,
+            producer=event.producer,
+            occurred_at=event.occurred_at,
+            correlation_id=event.correlation_id,
+            causation_id=event.causation_id,
+            actor_id=event.actor.id,
+            actor_role=event.actor.role,
+            aggregate=aggregate_of(event.type, event.data),
+            data=event.data,
+        ),
+    )

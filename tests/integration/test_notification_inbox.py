@@ -1,0 +1,227 @@
+"""The notification service against a real PostgreSQL and RabbitMQ: inbox, dead letters, API.
+
+Each test gets its own database (`<unique>_notification`) and namespace, and removes the
+database, its queues (with their dead-letter queues) and its exchanges at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+
+from services.notification.config import Settings
+from services.notification.main import build
+from shared.auth import JwtVerifier
+from shared.contracts.envelope import Actor, new_envelope
+from shared.db.migrate import drop_database, ensure_database, upgrade
+from shared.messaging.topology import CONSUMER_QUEUES, ERROR_HEADER, Topology
+
+pytestmark = pytest.mark.integration
+
+PG_URL = (os.environ.get("SPINE_TEST_PG_URL") or os.environ.get("SPINE_PG_URL")
+          or "postgresql://postgres@127.0.0.1:5432").rstrip("/")
+AMQP_URL = (os.environ.get("SPINE_TEST_AMQP_URL") or os.environ.get("SPINE_AMQP_URL")
+            or "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@dataclass
+class Notification:
+    """One isolated notification service's settings, database and a channel to its broker."""
+
+    settings: Settings
+    db: asyncpg.Connection
+    channel: aio_pika.abc.AbstractChannel
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.settings.namespace, self.settings.delivery_limit)
+
+    def token(self, *roles: str) -> dict[str, str]:
+        secret = self.settings.jwt_secret.get_secret_value()
+        return {"Authorization": f"Bearer {JwtVerifier(secret).issue('u-test', list(roles))}"}
+
+    async def publish(self, routing_key: str, body: bytes, message_id: str | None = None) -> None:
+        exchange = await self.channel.get_exchange(f"{self.settings.namespace}.events")
+        await exchange.publish(
+            aio_pika.Message(body, content_type="application/json", message_id=message_id,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=routing_key,
+            mandatory=True,
+        )
+
+    async def publish_event(self, envelope: dict[str, Any]) -> None:
+        await self.publish(envelope["type"], json.dumps(envelope).encode(), envelope["event_id"])
+
+    async def wait_for(self, query: str, *args: Any, timeout: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await self.db.fetchval(query, *args):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for: {query} {args}")
+            await asyncio.sleep(0.05)
+
+    def queue(self, purpose: str) -> str:
+        return self.topology.queue_name("notification", purpose)
+
+    async def ready_messages(self, purpose: str, dead: bool = False) -> int:
+        name = self.queue(purpose) + (".dlq" if dead else "")
+        queue = await self.channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+    @asynccontextmanager
+    async def service(self) -> AsyncIterator[httpx.AsyncClient]:
+        """The notification app running; leaving the block stops it gracefully."""
+        runtime, app = build(self.settings)
+        async with runtime.lifespan(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://n") as client:
+                yield client
+
+
+@pytest.fixture
+async def notification(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Notification]:
+    unique = f"notiftest_{uuid.uuid4().hex[:8]}"
+    for key, value in {
+        "SPINE_PG_URL": PG_URL,
+        "SPINE_AMQP_URL": AMQP_URL,
+        "SPINE_DB_PREFIX": unique,
+        "SPINE_NAMESPACE": unique,
+        "SPINE_JWT_SECRET": secrets.token_hex(32),
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()  # type: ignore[call-arg]
+    await ensure_database(settings.pg_url, settings.database_name)
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        await asyncio.to_thread(upgrade, "notification", settings.database_url)
+        db = await asyncpg.connect(f"{settings.pg_url}/{settings.database_name}")
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            yield Notification(settings, db, channel)
+        finally:
+            await db.close()
+            # A fresh channel: a failed assertion may have closed the test's one.
+            cleanup = await connection.channel()
+            for purpose, _ in CONSUMER_QUEUES["notification"]:
+                name = Topology(unique).queue_name("notification", purpose)
+                await cleanup.queue_delete(name)
+                await cleanup.queue_delete(f"{name}.dlq")
+            for exchange in (f"{unique}.events", f"{unique}.dlx"):
+                await cleanup.exchange_delete(exchange)
+    finally:
+        await connection.close()
+        await drop_database(settings.pg_url, settings.database_name)
+
+
+def dispatch_created(
+    dispatch_id: str, order_id: str, correlation_id: uuid.UUID | None = None
+) -> dict[str, Any]:
+    return new_envelope(
+        type="dispatch.created",
+        producer="dispatch",
+        data={"dispatch_id": dispatch_id, "order_id": order_id, "version": 1,
+              "status": "pending"},
+        actor=Actor(id="dispatch", role="system"),
+        correlation_id=correlation_id,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+
+
+async def test_a_message_delivered_twice_is_stored_once(notification: Notification) -> None:
+    event = dispatch_created("d-1", "o-1")
+    later = dispatch_created("d-2", "o-2")
+    async with notification.service():
+        await notification.publish_event(event)
+        await notification.publish_event(event)  # the same message again, as a redelivery
+        await notification.publish_event(later)
+        await notification.wait_for(
+            "SELECT count(*) = 2 FROM observed_event WHERE event_id = ANY($1::uuid[])",
+            [event["event_id"], later["event_id"]],
+        )
+    # Stopped gracefully: every delivery was handled and acked, none waits or was dead-lettered.
+    assert await notification.ready_messages("events") == 0
+    assert await notification.ready_messages("events", dead=True) == 0
+    rows = await notification.db.fetch(
+        "SELECT event_id::text, type, aggregate_type, aggregate_id, aggregate_version, "
+        "correlation_id::text FROM observed_event ORDER BY aggregate_id"
+    )
+    assert [dict(r) for r in rows] == [
+        {"event_id": e["event_id"], "type": "dispatch.created", "aggregate_type": "dispatch",
+         "aggregate_id": d, "aggregate_version": 1, "correlation_id": e["correlation_id"]}
+        for e, d in ((event, "d-1"), (later, "d-2"))
+    ]
+    inbox = await notification.db.fetch("SELECT consumer, message_id FROM inbox ORDER BY 1, 2")
+    consumer = notification.queue("events")
+    assert [tuple(r) for r in inbox] == sorted(
+        [(consumer, event["event_id"]), (consumer, later["event_id"])]
+    )
+
+
+async def test_a_message_that_breaks_the_envelope_goes_to_the_dead_letter_queue_with_a_reason(
+    notification: Notification,
+) -> None:
+    async with notification.service():
+        await notification.publish("order.confirmed", b"this is not json", "garbage-1")
+        await notification.publish("order.confirmed", b'{"type": "order.confirmed"}', "garbage-2")
+        dlq = await notification.channel.declare_queue(
+            f"{notification.queue('order-events')}.dlq", passive=True
+        )
+        dead: dict[str, aio_pika.abc.AbstractIncomingMessage] = {}
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(dead) < 2 and asyncio.get_running_loop().time() < deadline:
+            message = await dlq.get(no_ack=True, fail=False)
+            if message is None:
+                await asyncio.sleep(0.05)
+            else:
+                dead[str(message.message_id)] = message
+    assert sorted(dead) == ["garbage-1", "garbage-2"]
+    assert dead["garbage-1"].body == b"this is not json"
+    reasons = {k: str((m.headers or {}).get(ERROR_HEADER, "")) for k, m in dead.items()}
+    assert all(reasons.values()), reasons
+    assert "contract violation" in reasons["garbage-2"]
+    assert "event_id" in reasons["garbage-2"]
+    assert await notification.db.fetchval("SELECT count(*) FROM observed_event") == 0
+    assert await notification.db.fetchval("SELECT count(*) FROM inbox") == 0
+
+
+async def test_ops_and_supervisors_can_list_observed_events_by_correlation_and_type(
+    notification: Notification,
+) -> None:
+    confirmed = new_envelope(
+        type="order.confirmed",
+        producer="order",
+        data={"order_id": "o-7", "version": 2, "customer_id": "C-100"},
+        actor=Actor(id="u-1", role="planner"),
+    )
+    event = dispatch_created("d-7", "o-7", uuid.UUID(confirmed["correlation_id"]))
+    unrelated = dispatch_created("d-8", "o-8")
+    async with notification.service() as client:
+        for envelope in (unrelated, event, confirmed):  # arrival order is not history
+            await notification.publish_event(envelope)
+        await notification.wait_for("SELECT count(*) = 3 FROM observed_event")
+
+        journey = await client.get("/events", headers=notification.token("ops"),
+                                   params={"correlation_id": event["correlation_id"],
+                                           "order": "asc"})
+        assert journey.status_code == 200, journey.text
+        assert [(e["type"], e["aggregate_type"], e["aggregate_id"]) for e in journey.json()] == [
+            ("order.confirmed", "order", "o-7"), ("dispatch.created", "dispatch", "d-7")
+        ]
+        by_type = await client.get("/events", headers=notification.token("supervisor"),
+                                   params={"type": "dispatch.created", "limit": 1})
+        assert [e["event_id"] for e in by_type.json()] == [unrelated["event_id"]]
+        for headers, status in (({}, 401), (notification.token("sales"), 403)):
+            assert (await client.get("/events", headers=headers)).status_code == status
