@@ -43,8 +43,8 @@ def describe(exc: BaseException) -> str:
         ]
         return "contract violation: " + "; ".join(parts)
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
-        # Bytes that start with NUL make json guess UTF-16/32: say what it is, not the codec.
-        return f"body is not JSON ({exc.__class__.__name__}: {exc})"[:1000]
+        # Bytes starting with NUL make json guess UTF-16/32; say what is wrong, not just the codec.
+        return f"{exc.__class__.__name__}: body is not JSON: {exc}"[:1000]
     text = str(exc) or exc.__class__.__name__
     return f"{exc.__class__.__name__}: {text}"[:1000]
 

@@ -1,0 +1,10 @@
+"""Settings of the order service."""
+
+from typing import ClassVar
+
+from shared.config import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    service: ClassVar[str] = "order"
+    default_http_port: ClassVar[int] = 8001

@@ -1,0 +1,34 @@
+"""Composition root of the order service: settings → runtime → subscribers → HTTP app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.order import api, publishers, subscribers
+from services.order.config import Settings
+from services.order.tables import metadata
+from shared.runtime import Runtime
+from shared.uow import UnitOfWork
+
+
+def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
+    """Wire the service; nothing connects until the app starts."""
+    settings = settings or Settings()
+    runtime = Runtime.build("order", settings)
+    uow = UnitOfWork(runtime.engine, "order", metadata)
+    subscribers.register(runtime.broker, runtime.topology, uow)
+    runtime.document_events(publishers.PUBLISHED)
+    app = runtime.app(title="Spine order", routers=[api.router])
+    app.state.uow = uow
+    api.install_domain_errors(app)
+    return runtime, app
+
+
+def main() -> None:
+    """Run the order service until SIGINT/SIGTERM."""
+    runtime, app = build()
+    runtime.serve(app)
+
+
+if __name__ == "__main__":
+    main()
