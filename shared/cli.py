@@ -338,7 +338,7 @@ def cmd_topology_declare(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def role_name(value: str) -> str:
-    from shared.auth import ROLES
+    from shared.tokens import ROLES
 
     if value not in ROLES:
         raise argparse.ArgumentTypeError(
@@ -349,8 +349,8 @@ def role_name(value: str) -> str:
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     """Print a development JWT for the given roles."""
-    from shared.auth import JwtVerifier
     from shared.config import PLACEHOLDER_SECRETS
+    from shared.tokens import JwtVerifier
 
     secret = settings.jwt_secret
     if not secret:
@@ -787,7 +787,7 @@ def _api(settings: Settings, role: str, sub: str | None) -> Any:
     """An HTTP client of the dispatch API, acting as a development user with `role`."""
     import httpx
 
-    from shared.auth import JwtVerifier
+    from shared.tokens import JwtVerifier
 
     if not settings.jwt_secret:
         raise CliError("SPINE_JWT_SECRET is not set (environment or .env); run `make env`")
@@ -807,7 +807,7 @@ def _answer(response: Any) -> Any:
         problems = body.get("problems")
     except ValueError:
         detail, problems = response.text, None
-    extra = f" ({'; '.join(problems)})" if problems else ""
+    extra = f" ({'; '.join(problems)})" if problems and "; ".join(problems) != detail else ""
     raise CliError(f"HTTP {response.status_code}: {detail}{extra}")
 
 
