@@ -35,6 +35,7 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int | None = None
     prefetch: int = Field(default=64, ge=1)
+    db_pool_size: int = Field(default=16, ge=1, description="connections per service process")
     delivery_limit: int = Field(default=5, ge=1)
     log_level: str = "INFO"
 

@@ -47,7 +47,7 @@ class Runtime:
         setup_logging(name, settings.log_level)
         setup_tracing(name)
         topology = Topology(settings.namespace, settings.delivery_limit)
-        engine = make_engine(settings.database_url, service=name)
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, service=name)
         broker = make_broker(
             settings.amqp_url, service=name, topology=topology, prefetch=settings.prefetch
         )

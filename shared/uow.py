@@ -11,7 +11,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from opentelemetry import propagate
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.contracts.envelope import Actor, new_envelope
@@ -89,15 +88,40 @@ class Transaction:
         return event_id
 
 
+# The plumbing rows go through the driver connection of the same transaction: they are the
+# per-message hot path, and plain prepared statements (cached by asyncpg per connection) cost a
+# fraction of building and compiling SQLAlchemy constructs for every message.
+_INBOX = (
+    "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) "
+    "ON CONFLICT DO NOTHING RETURNING 1"
+)
+# Audit rows and outbox rows in one round trip; a statement-level trigger NOTIFYs the relay.
+_AUDIT_AND_OUTBOX = """
+WITH audit AS (
+    INSERT INTO audit_log (actor_id, actor_role, action, entity_type, entity_id, from_state,
+                           to_state, reason, correlation_id, causation_id, details)
+    SELECT a, r, act, et, eid, fs, ts, rs, c, cz, d::jsonb
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::uuid[], $10::uuid[], $11::text[])
+         AS t(a, r, act, et, eid, fs, ts, rs, c, cz, d)
+)
+INSERT INTO outbox (event_id, routing_key, correlation_id, body, headers)
+SELECT e, k, c, b, h::jsonb
+FROM unnest($12::uuid[], $13::text[], $14::uuid[], $15::text[], $16::text[]) AS t(e, k, c, b, h)
+"""
+_AUDIT_COLUMNS = ("actor_id", "actor_role", "action", "entity_type", "entity_id", "from_state",
+                  "to_state", "reason", "correlation_id", "causation_id")
+
+
 class UnitOfWork:
     """Opens transactions against one service's database; see `Transaction`."""
 
     def __init__(self, engine: AsyncEngine, producer: str, metadata: sa.MetaData) -> None:
         self.engine = engine
         self.producer = producer
-        self._outbox = metadata.tables["outbox"]
-        self._audit = metadata.tables["audit_log"]
-        self._inbox = metadata.tables["inbox"]
+        # The plumbing tables must be there; the SQL above names them directly.
+        for name in ("outbox", "audit_log", "inbox"):
+            metadata.tables[name]  # noqa: B018
 
     @asynccontextmanager
     async def begin(
@@ -110,15 +134,9 @@ class UnitOfWork:
     ) -> AsyncIterator[Transaction]:
         """Run the body in one transaction; raise `Duplicate` if `inbox` (consumer, message_id) was seen."""
         async with self.engine.begin() as conn:
-            if inbox is not None:
-                seen = await conn.execute(
-                    pg_insert(self._inbox)
-                    .values(consumer=inbox[0], message_id=inbox[1])
-                    .on_conflict_do_nothing()
-                    .returning(sa.literal(1))
-                )
-                if seen.first() is None:
-                    raise Duplicate(f"{inbox[0]} already handled message {inbox[1]}")
+            driver = await _driver_in_transaction(conn)
+            if inbox is not None and await driver.fetchval(_INBOX, inbox[0], inbox[1]) is None:
+                raise Duplicate(f"{inbox[0]} already handled message {inbox[1]}")
             tx = Transaction(
                 conn=conn,
                 producer=self.producer,
@@ -127,7 +145,34 @@ class UnitOfWork:
                 causation_id=causation_id,
             )
             yield tx
-            if tx._audit:
-                await conn.execute(sa.insert(self._audit), tx._audit)
-            if tx._outbox:
-                await conn.execute(sa.insert(self._outbox), tx._outbox)
+            if tx._audit or tx._outbox:
+                await driver.execute(_AUDIT_AND_OUTBOX, *_columns(tx))
+
+
+async def _driver_in_transaction(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, with the transaction SQLAlchemy begins lazily begun.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN only before its first statement; a statement sent
+    straight to the driver before that would run in autocommit, outside the unit of work.
+    """
+    adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+    if hasattr(adapted, "_start_transaction") and hasattr(adapted, "_transaction"):
+        if adapted._transaction is None:
+            await adapted._start_transaction()
+    else:  # another SQLAlchemy version: begin the portable way, at one round trip's cost
+        await conn.execute(sa.text("SELECT 1"))
+    return adapted.driver_connection
+
+
+def _columns(tx: Transaction) -> list[list[Any]]:
+    """The audit and outbox rows as the 16 column arrays `_AUDIT_AND_OUTBOX` unnests."""
+    audit = [[row[name] for row in tx._audit] for name in _AUDIT_COLUMNS]
+    audit.append([json.dumps(row["details"], default=str) for row in tx._audit])
+    outbox = [
+        [row["event_id"] for row in tx._outbox],
+        [row["routing_key"] for row in tx._outbox],
+        [row["correlation_id"] for row in tx._outbox],
+        [row["body"] for row in tx._outbox],
+        [json.dumps(row["headers"]) for row in tx._outbox],
+    ]
+    return audit + outbox

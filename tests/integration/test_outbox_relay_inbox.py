@@ -277,7 +277,7 @@ async def test_a_rolled_back_transaction_publishes_nothing_and_leaves_no_audit_o
             tx.emit("widget.made", {"widget_id": "w-1"})
             raise RuntimeError("out of stock")
     # A failure while the outbox row is written (after the audit row) must undo everything.
-    with pytest.raises(DBAPIError, match="routing_key"):
+    with pytest.raises((DBAPIError, asyncpg.PostgresError), match="routing_key"):
         async with uow.begin(actor=ACTOR) as tx:
             await tx.conn.execute(sa.insert(WIDGET).values(id="w-2", n=1))
             tx.record(action="widget.made", entity_type="widget", entity_id="w-2")
