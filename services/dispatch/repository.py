@@ -27,6 +27,12 @@ _open_exceptions = (
 )
 
 
+# Built once: constructing the statement per message cost more than executing it.
+_INSERT_DISPATCH = (
+    pg_insert(dispatch).on_conflict_do_nothing(index_elements=["order_id"]).returning(dispatch.c.id)
+)
+
+
 class SqlAlchemyDispatchRepository:
     """Reads and writes dispatches on the unit of work's connection."""
 
@@ -35,10 +41,7 @@ class SqlAlchemyDispatchRepository:
 
     async def add(self, row: dict[str, Any]) -> bool:
         """Insert a new dispatch; False if the order already has one (unique order_id)."""
-        result = await self.conn.execute(
-            pg_insert(dispatch).values(**row).on_conflict_do_nothing(index_elements=["order_id"])
-            .returning(dispatch.c.id)
-        )
+        result = await self.conn.execute(_INSERT_DISPATCH, row)
         return result.first() is not None
 
     async def get(self, dispatch_id: uuid.UUID, *, for_update: bool = False) -> Dispatch | None:
