@@ -22,7 +22,8 @@ from services.dispatch.domain import (
     StaleVersion,
     Status,
 )
-from services.dispatch.repository import fetch_dispatch, fetch_history, list_dispatches
+from services.dispatch.repository import fetch_dispatch, list_dispatches
+from shared.audit import AuditEntry, history
 from shared.auth import ROLES, Principal, require_roles
 from shared.uow import UnitOfWork
 
@@ -53,20 +54,6 @@ class TransitionIn(BaseModel):
     to: Status
     reason: str = Field(default="", max_length=2000)
     evidence: dict[str, Any] = Field(default_factory=dict)
-
-
-class HistoryEntry(BaseModel):
-    id: int
-    occurred_at: datetime
-    actor_id: str
-    actor_role: str
-    action: str
-    from_state: str | None
-    to_state: str | None
-    reason: str | None
-    correlation_id: uuid.UUID | None
-    causation_id: uuid.UUID | None
-    details: dict[str, Any]
 
 
 def _uow(request: Request) -> UnitOfWork:
@@ -129,13 +116,13 @@ async def post_transition(
     return JSONResponse(result, headers={"ETag": f'"{result["version"]}"'})
 
 
-@router.get("/{dispatch_id}/history", response_model=list[HistoryEntry],
+@router.get("/{dispatch_id}/history", response_model=list[AuditEntry],
             summary="Every change of this dispatch, oldest first, from the audit log")
 async def get_history(dispatch_id: uuid.UUID, request: Request, _: Reader) -> list[dict[str, Any]]:
     async with _uow(request).engine.connect() as conn:
         if await fetch_dispatch(conn, dispatch_id) is None:
             raise HTTPException(404, f"no dispatch {dispatch_id}")
-        return await fetch_history(conn, dispatch_id)
+        return await history(conn, "dispatch", str(dispatch_id))
 
 
 def _parse_if_match(value: str | None) -> int:

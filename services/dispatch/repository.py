@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.dispatch.domain import Dispatch, Line, Status
-from services.dispatch.tables import audit_log, dispatch, dispatch_exception
+from services.dispatch.tables import dispatch, dispatch_exception
 
 _open_exceptions = (
     sa.select(
@@ -93,15 +93,6 @@ async def list_dispatches(
     if order_id:
         query = query.where(dispatch.c.order_id == order_id)
     rows = await conn.execute(query.limit(limit).offset(offset))
-    return [dict(r) for r in rows.mappings()]
-
-
-async def fetch_history(conn: AsyncConnection, dispatch_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        sa.select(audit_log)
-        .where(audit_log.c.entity_type == "dispatch", audit_log.c.entity_id == str(dispatch_id))
-        .order_by(audit_log.c.id)
-    )
     return [dict(r) for r in rows.mappings()]
 
 

@@ -27,7 +27,8 @@ from services.order.domain import (
     Status,
     person_roles_for_target,
 )
-from services.order.repository import SqlAlchemyOrderRepository, fetch_history, list_orders
+from services.order.repository import SqlAlchemyOrderRepository, list_orders
+from shared.audit import AuditEntry, history
 from shared.auth import ROLES, Principal, require_roles
 from shared.contracts import ext
 from shared.uow import UnitOfWork
@@ -96,20 +97,6 @@ class OrderOut(BaseModel):
 
 class CancelIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
-
-
-class HistoryEntry(BaseModel):
-    id: int
-    occurred_at: datetime
-    actor_id: str
-    actor_role: str
-    action: str
-    from_state: str | None
-    to_state: str | None
-    reason: str | None
-    correlation_id: uuid.UUID | None
-    causation_id: uuid.UUID | None
-    details: dict[str, Any]
 
 
 def _uow(request: Request) -> UnitOfWork:
@@ -249,13 +236,13 @@ async def get_orders(
     return [handlers.order_view(o) for o in orders]
 
 
-@router.get("/{order_id}/history", response_model=list[HistoryEntry],
+@router.get("/{order_id}/history", response_model=list[AuditEntry],
             summary="Every change of this order, oldest first, from the audit log")
 async def get_history(order_id: uuid.UUID, request: Request, _: Reader) -> list[dict[str, Any]]:
     async with _uow(request).engine.connect() as conn:
         if await SqlAlchemyOrderRepository(conn).get(order_id) is None:
             raise HTTPException(404, f"no order {order_id}")
-        return await fetch_history(conn, order_id)
+        return await history(conn, "order", str(order_id))
 
 
 def _order_response(view: dict[str, Any]) -> JSONResponse:

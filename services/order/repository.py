@@ -22,7 +22,6 @@ from services.order.domain import (
     Status,
 )
 from services.order.tables import (
-    audit_log,
     customer,
     customer_order,
     idempotency_key,
@@ -340,16 +339,6 @@ async def list_orders(
             query = query.where(column == value)
     rows = await conn.execute(query.limit(limit).offset(offset))
     return [_to_order(r) for r in rows.mappings()]
-
-
-async def fetch_history(conn: AsyncConnection, order_id: uuid.UUID) -> list[dict[str, Any]]:
-    """Every audit row about one order, oldest first."""
-    rows = await conn.execute(
-        sa.select(audit_log)
-        .where(audit_log.c.entity_type == "order", audit_log.c.entity_id == str(order_id))
-        .order_by(audit_log.c.id)
-    )
-    return [dict(r) for r in rows.mappings()]
 
 
 def _same_source(source: str | None) -> sa.ColumnElement[bool]:
