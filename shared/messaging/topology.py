@@ -71,7 +71,7 @@ CONSUMER_QUEUES: dict[str, list[tuple[str, str]]] = {
         ("order-confirmed", "order.confirmed"),
         ("order-cancelled", "order.cancelled"),
     ],
-    "notification": [("events", "dispatch.#"), ("order-events", "order.*")],
+    "notification": [("events", "dispatch.#")],
 }
 
 

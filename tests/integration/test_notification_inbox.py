@@ -174,10 +174,10 @@ async def test_a_message_that_breaks_the_envelope_goes_to_the_dead_letter_queue_
     notification: Notification,
 ) -> None:
     async with notification.service():
-        await notification.publish("order.confirmed", b"this is not json", "garbage-1")
-        await notification.publish("order.confirmed", b'{"type": "order.confirmed"}', "garbage-2")
+        await notification.publish("dispatch.created", b"this is not json", "garbage-1")
+        await notification.publish("dispatch.created", b'{"type": "dispatch.created"}', "garbage-2")
         dlq = await notification.channel.declare_queue(
-            f"{notification.queue('order-events')}.dlq", passive=True
+            f"{notification.queue('events')}.dlq", passive=True
         )
         dead: dict[str, aio_pika.abc.AbstractIncomingMessage] = {}
         deadline = asyncio.get_running_loop().time() + 10
@@ -200,16 +200,17 @@ async def test_a_message_that_breaks_the_envelope_goes_to_the_dead_letter_queue_
 async def test_ops_and_supervisors_can_list_observed_events_by_correlation_and_type(
     notification: Notification,
 ) -> None:
-    confirmed = new_envelope(
-        type="order.confirmed",
-        producer="order",
-        data={"order_id": "o-7", "version": 2, "customer_id": "C-100"},
+    event = dispatch_created("d-7", "o-7")
+    released = new_envelope(
+        type="dispatch.released",
+        producer="dispatch",
+        data={"dispatch_id": "d-7", "order_id": "o-7", "version": 2, "status": "released"},
         actor=Actor(id="u-1", role="planner"),
+        correlation_id=uuid.UUID(event["correlation_id"]),
     )
-    event = dispatch_created("d-7", "o-7", uuid.UUID(confirmed["correlation_id"]))
     unrelated = dispatch_created("d-8", "o-8")
     async with notification.service() as client:
-        for envelope in (unrelated, event, confirmed):  # arrival order is not history
+        for envelope in (unrelated, released, event):  # arrival order is not history
             await notification.publish_event(envelope)
         await notification.wait_for("SELECT count(*) = 3 FROM observed_event")
 
@@ -218,7 +219,7 @@ async def test_ops_and_supervisors_can_list_observed_events_by_correlation_and_t
                                            "order": "asc"})
         assert journey.status_code == 200, journey.text
         assert [(e["type"], e["aggregate_type"], e["aggregate_id"]) for e in journey.json()] == [
-            ("order.confirmed", "order", "o-7"), ("dispatch.created", "dispatch", "d-7")
+            ("dispatch.created", "dispatch", "d-7"), ("dispatch.released", "dispatch", "d-7")
         ]
         by_type = await client.get("/events", headers=notification.token("supervisor"),
                                    params={"type": "dispatch.created", "limit": 1})
