@@ -18,9 +18,8 @@ def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
     # Deliberately not `#`: a catch-all queue would make every `erp.*` event routable, so an
     # import published before the order service declared its queues would be lost to it
     # instead of waiting in the outbox (the relay publishes with `mandatory`).
-    # Only dispatch events: the rules' event names come from the dispatch workflow table, and
-    # each extra binding costs a consume and a transaction per order on the hot path.
     dispatch_queue = consumer_queue(topology, SERVICE, "events")
+    order_queue = consumer_queue(topology, SERVICE, "order-events")
 
     # Loose envelopes: a payload this service does not understand yet is still worth keeping;
     # a broken envelope is dead-lettered with its reason.
@@ -28,6 +27,11 @@ def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
     async def on_dispatch_event(event: LooseEnvelope) -> None:
         """A dispatch was created, moved, held or corrected: keep the event for the rules."""
         await handlers.record_event(_command(event, dispatch_queue.name), uow)
+
+    @broker.subscriber(order_queue, topology.events, title="notification/order.*")
+    async def on_order_event(event: LooseEnvelope) -> None:
+        """An order was received, rejected, confirmed or cancelled: keep the event."""
+        await handlers.record_event(_command(event, order_queue.name), uow)
 
 
 def _command(event: LooseEnvelope, consumer: str) -> handlers.RecordEvent:

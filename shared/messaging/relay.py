@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import asyncpg
@@ -58,6 +59,8 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self.published = 0
+        # Per-row back-off of rows that failed to publish: id → (due at, failures so far).
+        self._retry: dict[int, tuple[float, int]] = {}
 
     async def run(self) -> None:
         """Drain until `stop()`; survives broker and database hiccups by retrying."""
@@ -89,15 +92,19 @@ class OutboxRelay:
         self._wake.set()
 
     async def drain(self) -> int:
-        """Publish every unsent row, one locked batch at a time; returns how many were sent.
+        """Publish every unsent row that is due, one locked batch at a time; returns how many.
 
-        A row that fails (e.g. unroutable) stays unsent with its error and is skipped for the rest
-        of the pass; the pass then raises, so `run()` backs off before trying it again.
+        A row that fails (e.g. unroutable) stays unsent with its error and waits out its own
+        back-off (doubling, up to a minute) before it is claimed again — a NOTIFY for new rows
+        does not cut that short, so a stuck event never makes every commit republish it. The
+        pass raises when anything failed, so `run()` logs and backs off as well.
         """
         total = 0
         failed: list[int] = []
+        now = time.monotonic()
+        waiting = [row_id for row_id, (due, _) in self._retry.items() if due > now]
         while True:
-            sent, full = await self._publish_batch(failed)
+            sent, full = await self._publish_batch(waiting + failed, failed)
             total += sent
             if not full or self._stopping.is_set():
                 break
@@ -105,12 +112,12 @@ class OutboxRelay:
             raise _BatchIncomplete(f"{len(failed)} event(s) left unsent")
         return total
 
-    async def _publish_batch(self, failed_ids: list[int]) -> tuple[int, bool]:
+    async def _publish_batch(self, skip: list[int], failed_ids: list[int]) -> tuple[int, bool]:
         async with self.engine.connect() as sa_conn:
             raw = await sa_conn.get_raw_connection()
             conn: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
             async with conn.transaction():
-                rows = await conn.fetch(_CLAIM, self.batch_size, failed_ids)
+                rows = await conn.fetch(_CLAIM, self.batch_size, skip)
                 if not rows:
                     return 0, False
                 results = await asyncio.gather(
@@ -129,7 +136,13 @@ class OutboxRelay:
                               len(failed), failed[0][0]["routing_key"], failed[0][0]["event_id"],
                               reason)
             self.published += len(ok)
-            failed_ids.extend(row["id"] for row, _ in failed)
+            for row_id in ok:
+                self._retry.pop(row_id, None)
+            now = time.monotonic()
+            for row, _ in failed:
+                _, tries = self._retry.get(row["id"], (0.0, 0))
+                self._retry[row["id"]] = (now + min(0.5 * 2**tries, 60.0), tries + 1)
+                failed_ids.append(row["id"])
             return len(ok), len(rows) == self.batch_size
 
     async def _publish(self, row: asyncpg.Record) -> None:

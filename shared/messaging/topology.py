@@ -71,7 +71,9 @@ CONSUMER_QUEUES: dict[str, list[tuple[str, str]]] = {
         ("order-confirmed", "order.confirmed"),
         ("order-cancelled", "order.cancelled"),
     ],
-    "notification": [("events", "dispatch.#")],
+    # order.* too: the answers to outside systems (order.received/rejected) need a consumer in
+    # Spine, or `mandatory` would leave them unroutable whenever no outside queue is bound.
+    "notification": [("events", "dispatch.#"), ("order-events", "order.*")],
 }
 
 
