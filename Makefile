@@ -16,9 +16,11 @@ PY := PYTHONPATH=$(CURDIR) .venv/bin/python
 PYTEST := $(PY) -m pytest
 
 ERP_SAMPLES := samples/erp/customers.csv samples/erp/products.json
+# The hand-written reference pipeline `make bench` compares Spine with (run in the same run).
+LIMIT_DIR ?= $(CURDIR)/../shared/bench/limit
 
 .PHONY: help venv env services-up migrate topology run test test-unit test-integration test-e2e \
-	lint clean distclean
+	bench lint clean distclean
 
 help: ## list the targets (the default)
 	@if [ -t 1 ]; then c='\033[36m'; r='\033[0m'; else c=; r=; fi; \
@@ -73,9 +75,12 @@ test-integration: venv env services-up ## integration tests (real PostgreSQL and
 test-e2e: venv env services-up ## end-to-end tests (the services as real processes)
 	$(PYTEST) tests/e2e -q $(PYTEST_ARGS)
 
+bench: venv env services-up ## Spine vs the reference pipeline, interleaved (BENCH_ARGS="--rounds 1 -n 1000")
+	$(PY) bench/run.py --limit-dir "$(LIMIT_DIR)" $(BENCH_ARGS)
+
 lint: venv ## ruff and mypy
 	.venv/bin/ruff check .
-	$(PY) -m mypy shared services
+	$(PY) -m mypy shared services bench
 
 clean: ## remove caches (keeps .venv, .tools and .env)
 	find . -path ./.venv -prune -o -path ./.tools -prune -o -type d \
