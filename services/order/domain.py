@@ -228,23 +228,60 @@ def check_order(
         reasons.append(
             f"ship_to.country: {draft.ship_to.get('country')!r} is not an ISO 3166 country code"
         )
-    if customer is None:
-        reasons.append(f"customer {draft.customer_id} is unknown")
-    elif not customer.active:
-        reasons.append(f"customer {draft.customer_id} is inactive")
-    for line in sorted(draft.lines, key=lambda x: x.line_no):
+    refs = [LineRef(line.line_no, line.product_id, line.uom) for line in draft.lines]
+    return reasons + check_references(draft.customer_id, refs, customer, products)
+
+
+@dataclass(frozen=True)
+class LineRef:
+    """What a line names, even when the rest of the line broke the contract."""
+
+    line_no: int | None
+    product_id: str
+    uom: str | None
+
+
+def check_references(
+    customer_id: str | None,
+    lines: Sequence[LineRef],
+    customer: CustomerReplica | None,
+    products: Mapping[str, ProductReplica],
+) -> list[str]:
+    """What is wrong with the customer and products an order names, against the ERP replicas."""
+    reasons: list[str] = []
+    if customer_id is not None:
+        if customer is None:
+            reasons.append(f"customer {customer_id} is unknown")
+        elif not customer.active:
+            reasons.append(f"customer {customer_id} is inactive")
+    for line in sorted(lines, key=lambda x: (x.line_no is None, x.line_no or 0)):
+        where = f"line {line.line_no}" if line.line_no is not None else "a line"
         product = products.get(line.product_id)
         if product is None:
-            reasons.append(f"line {line.line_no}: product {line.product_id} is unknown")
+            reasons.append(f"{where}: product {line.product_id} is unknown")
             continue
         if not product.active:
-            reasons.append(f"line {line.line_no}: product {line.product_id} is inactive")
-        if product.uom != line.uom:
+            reasons.append(f"{where}: product {line.product_id} is inactive")
+        if line.uom is not None and product.uom != line.uom:
             reasons.append(
-                f"line {line.line_no}: unit {line.uom} does not match product "
+                f"{where}: unit {line.uom} does not match product "
                 f"{line.product_id}, which is sold in {product.uom}"
             )
     return reasons
+
+
+def references_in(data: Mapping[str, object]) -> tuple[str | None, list[LineRef]]:
+    """The customer and products a submission names, read leniently from contract-breaking data."""
+    customer_id = data.get("customer_id")
+    refs: list[LineRef] = []
+    lines = data.get("lines")
+    for line in lines if isinstance(lines, list) else []:
+        if isinstance(line, dict) and isinstance(line.get("product_id"), str) and line["product_id"]:
+            line_no = line.get("line_no")
+            uom = line.get("uom")
+            refs.append(LineRef(line_no if isinstance(line_no, int) else None, line["product_id"],
+                                uom if isinstance(uom, str) else None))
+    return (customer_id if isinstance(customer_id, str) and customer_id else None), refs
 
 
 def provenance_problems(source: str, producer: str) -> list[str]:

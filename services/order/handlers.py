@@ -12,6 +12,7 @@ from services.order.domain import (
     SYSTEM,
     ExternalRefTaken,
     InvalidOrder,
+    LineRef,
     NotFound,
     Order,
     OrderDraft,
@@ -19,6 +20,7 @@ from services.order.domain import (
     Status,
     acting_role,
     check_order,
+    check_references,
     decide,
     decide_creation,
     person_roles,
@@ -57,6 +59,9 @@ class SubmitOrder:
     draft: OrderDraft | None  # None: the data broke the contract, see `problems`
     confirm: bool = False
     problems: Sequence[str] = ()
+    # What a contract-breaking submission still names, so its answer lists every problem at once.
+    customer_ref: str | None = None
+    line_refs: Sequence[LineRef] = ()
 
 
 @dataclass(frozen=True)
@@ -138,10 +143,15 @@ async def submit_order(cmd: SubmitOrder, uow: UnitOfWork) -> str:
     ) as tx:
         reasons = provenance_problems(cmd.source, cmd.producer) + list(cmd.problems)
         draft = cmd.draft
+        repo = SqlAlchemyOrderRepository(tx.conn)
         if draft is None:
+            if cmd.customer_ref or cmd.line_refs:
+                customer, products = await repo.references(
+                    cmd.customer_ref, [line.product_id for line in cmd.line_refs]
+                )
+                reasons += check_references(cmd.customer_ref, cmd.line_refs, customer, products)
             _reject(tx, cmd, reasons)
             return "rejected"
-        repo = SqlAlchemyOrderRepository(tx.conn)
         facts = await repo.facts_for(draft)
         if facts.existing_order_id is not None and not reasons:
             _ignore_duplicate(tx, cmd, facts.existing_order_id)

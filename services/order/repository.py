@@ -151,6 +151,18 @@ class SqlAlchemyOrderRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
+    async def references(
+        self, customer_id: str | None, product_ids: list[str]
+    ) -> tuple[CustomerReplica | None, dict[str, ProductReplica]]:
+        """The replicas of a customer and products, for checking a contract-breaking submission."""
+        rows = (await self.conn.execute(
+            _FACTS, {"customer_id": customer_id or "", "product_ids": sorted(set(product_ids))}
+        )).all()
+        customer = next((CustomerReplica(id=i, active=a) for k, i, a, _ in rows
+                         if k == "customer"), None)
+        products = {i: ProductReplica(id=i, active=a, uom=u) for k, i, a, u in rows if k == "product"}
+        return customer, products
+
     async def facts_for(self, draft: OrderDraft) -> SubmissionFacts:
         """The customer, the products and any order already holding the draft's external_ref."""
         params: dict[str, Any] = {"customer_id": draft.customer_id,

@@ -9,7 +9,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 
 from services.order import handlers
-from services.order.domain import OrderDraft, OrderLine, readable_reasons
+from services.order.domain import OrderDraft, OrderLine, readable_reasons, references_in
 from shared.contracts.envelope import Envelope, LooseEnvelope
 from shared.contracts.erp import CustomerUpserted, ProductUpserted
 from shared.contracts.ext import OrderSubmitted, source_of
@@ -37,6 +37,7 @@ def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
             # Nobody could match an answer to it: the dead-letter queue is where ops will look.
             raise PermanentError(f"routing key {routing_key!r} names no valid outside system")
         draft, confirm, problems = parse_submission(event.data, source)
+        customer_ref, line_refs = references_in(event.data) if draft is None else (None, [])
         external_ref = event.data.get("external_ref")
         await handlers.submit_order(
             handlers.SubmitOrder(
@@ -50,6 +51,8 @@ def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
                 draft=draft,
                 confirm=confirm,
                 problems=problems,
+                customer_ref=customer_ref,
+                line_refs=line_refs,
             ),
             uow,
         )

@@ -169,6 +169,8 @@ async def test_an_invalid_order_is_answered_with_order_rejected_and_readable_rea
     assert rejected["data"]["source"] == "mes"
     reasons = " | ".join(rejected["data"]["reasons"])
     assert "quantity" in reasons and "ship_to" in reasons
+    # The contract problems do not hide the replica problems: one answer lists them all.
+    assert "product P-DOES-NOT-EXIST is unknown" in reasons
     assert all(isinstance(r, str) and len(r) > 10 for r in rejected["data"]["reasons"])
     async with httpx.AsyncClient(base_url=stack.url("order"), timeout=10) as client:
         orders = (await client.get("/orders", params={"external_ref": ref},

@@ -15,6 +15,7 @@ from services.order.domain import (
     TRANSITIONS,
     CustomerReplica,
     Forbidden,
+    LineRef,
     NotAllowedFromState,
     Order,
     OrderDraft,
@@ -25,12 +26,14 @@ from services.order.domain import (
     Status,
     acting_role,
     check_order,
+    check_references,
     decide,
     decide_creation,
     person_roles,
     person_roles_for_target,
     provenance_problems,
     readable_reasons,
+    references_in,
 )
 from shared.contracts.ext import OrderSubmitted
 
@@ -254,3 +257,30 @@ def test_too_many_decimals_and_empty_texts_are_explained() -> None:
 
 def test_data_that_is_not_an_object_still_gets_a_reason() -> None:
     assert _contract_errors([1, 2]) == ["the order must be an object"]  # type: ignore[arg-type]
+
+
+def test_a_contract_breaking_submission_still_names_its_customer_and_products() -> None:
+    data = {
+        "customer_id": "C-104",
+        "lines": [
+            {"line_no": 1, "product_id": "P-999", "quantity": "0", "uom": "EA"},
+            {"line_no": "two", "product_id": "P-205"},
+            {"quantity": "1"},
+        ],
+    }
+    customer_id, refs = references_in(data)
+    assert customer_id == "C-104"
+    assert refs == [LineRef(1, "P-999", "EA"), LineRef(None, "P-205", None)]
+    reasons = check_references(
+        customer_id, refs, CustomerReplica(id="C-104", active=False),
+        {"P-205": ProductReplica(id="P-205", active=False, uom="M")},
+    )
+    assert reasons == [
+        "customer C-104 is inactive",
+        "line 1: product P-999 is unknown",
+        "a line: product P-205 is inactive",
+    ]
+
+
+def test_references_in_ignores_what_is_not_a_name() -> None:
+    assert references_in({"customer_id": 7, "lines": "none"}) == (None, [])
