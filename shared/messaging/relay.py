@@ -9,9 +9,8 @@ import logging
 import time
 from typing import Any
 
+import aio_pika
 import asyncpg
-from opentelemetry import context as otel_context
-from opentelemetry import propagate
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.engine import asyncpg_dsn
@@ -59,6 +58,8 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self.published = 0
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
         # Per-row back-off of rows that failed to publish: id → (due at, failures so far).
         self._retry: dict[int, tuple[float, int]] = {}
 
@@ -85,6 +86,8 @@ class OutboxRelay:
             await self._sleep(self.poll_interval_s)
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
 
     async def stop(self) -> None:
         """Finish the batch in hand, then return from `run()`."""
@@ -120,8 +123,9 @@ class OutboxRelay:
                 rows = await conn.fetch(_CLAIM, self.batch_size, skip)
                 if not rows:
                     return 0, False
+                exchange = await self._events_exchange()
                 results = await asyncio.gather(
-                    *(self._publish(row) for row in rows), return_exceptions=True
+                    *(self._publish(row, exchange) for row in rows), return_exceptions=True
                 )
                 ok = [row["id"] for row, res in zip(rows, results, strict=True)
                       if not isinstance(res, BaseException)]
@@ -145,25 +149,40 @@ class OutboxRelay:
                 failed_ids.append(row["id"])
             return len(ok), len(rows) == self.batch_size
 
-    async def _publish(self, row: asyncpg.Record) -> None:
+    async def _publish(self, row: asyncpg.Record, exchange: aio_pika.abc.AbstractExchange) -> None:
         carrier = row["headers"]
         if isinstance(carrier, str):
             carrier = json.loads(carrier)
-        token = otel_context.attach(propagate.extract(carrier))
-        try:
-            await self.broker.publish(
+        # Straight through aio-pika on the broker's connection: half the CPU of a FastStream
+        # publish per event. The stored `traceparent` is the span that emitted the event, so the
+        # consumer's span continues the order journey's trace without a publish span between.
+        await exchange.publish(
+            aio_pika.Message(
                 row["body"].encode(),
-                exchange=self.topology.events,
-                routing_key=row["routing_key"],
-                persist=True,
-                mandatory=True,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=str(row["event_id"]),
                 correlation_id=str(row["correlation_id"]),
-                content_type="application/json",
-                headers={k: v for k, v in carrier.items() if k not in ("traceparent", "tracestate")},
+                headers=carrier,
+            ),
+            routing_key=row["routing_key"],
+            mandatory=True,
+        )
+
+    async def _events_exchange(self) -> aio_pika.abc.AbstractExchange:
+        """The events exchange on a confirm-mode channel whose returns raise (opened once)."""
+        if self._channel is None or self._channel.is_closed:
+            connection = self.broker._connection  # FastStream's robust aio-pika connection
+            if connection is None:
+                raise ConnectionError("the broker is not connected")
+            self._channel = await connection.channel(
+                publisher_confirms=True, on_return_raises=True
             )
-        finally:
-            otel_context.detach(token)
+            self._exchange = await self._channel.declare_exchange(
+                self.topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        assert self._exchange is not None
+        return self._exchange
 
     async def _listen(self) -> None:
         try:
