@@ -134,6 +134,30 @@ async def test_an_order_published_three_times_becomes_one_dispatch_walked_to_shi
                 and e["data"]["order_id"] == order_id]) == 1
 
 
+async def test_a_transition_requested_within_a_trace_continues_it_through_outbox_and_broker(
+    stack: Stack,
+) -> None:
+    ref = f"MES-{uuid.uuid4().hex[:8]}"
+    await stack.submit_order("mes", sample_order(ref))
+    received = await stack.events(lambda e: e["type"] == "order.received"
+                                  and e["data"].get("external_ref") == ref)
+    order_id = received[0]["data"]["order_id"]
+    created = await stack.events(lambda e: e["type"] == "dispatch.created"
+                                 and e["data"]["order_id"] == order_id)
+    dispatch_id = created[0]["data"]["dispatch_id"]
+    trace_id = uuid.uuid4().hex
+    async with httpx.AsyncClient(base_url=stack.url("dispatch"), timeout=10) as client:
+        moved = await client.post(
+            f"/dispatches/{dispatch_id}/transitions", json={"to": "released"},
+            headers={**stack.headers("planner"), "If-Match": '"1"',
+                     "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"},
+        )
+    assert moved.status_code == 200, moved.text
+    released = (await stack.events(lambda e: e["type"] == "dispatch.released"
+                                   and e["data"]["dispatch_id"] == dispatch_id))[0]
+    assert str(released["_amqp"]["headers"]["traceparent"]).split("-")[1] == trace_id
+
+
 async def test_the_same_external_ref_sent_again_as_a_new_message_creates_nothing_new(
     stack: Stack,
 ) -> None:
