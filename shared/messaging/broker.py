@@ -6,10 +6,10 @@ import logging
 
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import Channel, RabbitBroker
-from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
 
 from shared.messaging.delivery import DeliveryPolicy
 from shared.messaging.topology import Topology
+from shared.messaging.tracing import TracingPolicy
 
 
 def make_broker(amqp_url: str, *, service: str, topology: Topology, prefetch: int) -> RabbitBroker:
@@ -21,7 +21,7 @@ def make_broker(amqp_url: str, *, service: str, topology: Topology, prefetch: in
             prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True
         ),
         # Tracing outermost, so the delivery decision (ack, retry, dead-letter) is in the span.
-        middlewares=[RabbitTelemetryMiddleware(), DeliveryPolicy(topology)],
+        middlewares=[TracingPolicy(service), DeliveryPolicy(topology)],
         ack_policy=AckPolicy.MANUAL,
         graceful_timeout=20.0,
         logger=logging.getLogger(f"spine.{service}.broker"),

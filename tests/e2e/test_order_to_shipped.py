@@ -65,6 +65,10 @@ async def test_an_order_published_three_times_becomes_one_dispatch_walked_to_shi
     created = await stack.events(lambda e: e["type"] == "dispatch.created"
                                  and e["data"]["order_id"] == order_id)
     dispatch_id = created[0]["data"]["dispatch_id"]
+    # One trace for the journey: the dispatch service's span continues the order service's.
+    def trace_of(event: dict[str, Any]) -> str:
+        return str(event["_amqp"]["headers"]["traceparent"]).split("-")[1]
+    assert trace_of(created[0]) == trace_of(received[0])
 
     async with httpx.AsyncClient(base_url=stack.url("dispatch"), timeout=10) as client:
         listed = await client.get("/dispatches", params={"order_id": order_id},
