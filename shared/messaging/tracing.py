@@ -32,9 +32,9 @@ class TracingPolicy:
     """Broker middleware factory: one CONSUMER span per delivery, current while it is handled.
 
     Spine's own, not FastStream's telemetry middleware: that one also records metrics and
-    publish spans, and cost about a fifth of the pipeline's CPU (`make bench`, 42 → 35 ms of CPU
-    per order without it). Events committed while the span is current carry it on through the
-    outbox (`shared.uow` stores the active `traceparent`).
+    builds richer spans, and cost about a fifth of the pipeline's CPU (`make bench`: 42.6 ms of
+    CPU per order with it, 34.6 with no tracing at all, 37.5 with this). Events committed while
+    the span is current carry it on through the outbox (`shared.uow` stores the `traceparent`).
     """
 
     def __init__(self, service: str) -> None:
