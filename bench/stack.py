@@ -33,7 +33,12 @@ import httpx
 from bench.common import say
 from shared.auth import JwtVerifier
 from shared.db.migrate import drop_database, ensure_database, upgrade
-from shared.messaging.topology import Topology, declare_all, known_queues
+from shared.messaging.topology import (
+    Topology,
+    declare_all,
+    delete_broker_objects,
+    namespace_objects,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME_PREFIX = "spinebench_"
@@ -111,7 +116,7 @@ class Stack:
     # ------------------------------------------------------------------ start
     async def start(self, ready_limit_s: float = 90.0) -> None:
         """Databases, topology, the four services, reference data. Raises on any failure."""
-        self.queues = [q for name in known_queues(self.namespace) for q in (name, f"{name}.dlq")]
+        self.queues, _ = namespace_objects(self.namespace)
         pg_async = self.pg_url.replace("postgresql://", "postgresql+asyncpg://", 1)
         for package in SERVICES:
             name = self.database(package)
@@ -243,32 +248,6 @@ class Stack:
             return []
 
 
-async def delete_broker_objects(amqp_url: str, queues: list[str], exchanges: list[str]) -> list[str]:
-    """Delete queues, then exchanges; a fresh channel each, since a refused delete closes it."""
-    failures: list[str] = []
-    try:
-        conn = await aio_pika.connect(amqp_url, timeout=10)
-    except Exception as exc:
-        return [f"RabbitMQ: {exc}"]
-    try:
-        for kind, names in (("queue", queues), ("exchange", exchanges)):
-            for name in names:
-                channel = await conn.channel()
-                try:
-                    if kind == "queue":
-                        await channel.queue_delete(name)
-                    else:
-                        await channel.exchange_delete(name)
-                except Exception as exc:
-                    failures.append(f"{kind} {name}: {exc}")
-                finally:
-                    with contextlib.suppress(Exception):
-                        await channel.close()
-    finally:
-        await conn.close()
-    return failures
-
-
 async def find_leftovers(pg_url: str) -> list[str]:
     """Namespaces of earlier bench runs whose databases are still there (e.g. after kill -9)."""
     conn = await asyncpg.connect(f"{pg_url.rstrip('/')}/postgres")
@@ -294,8 +273,7 @@ async def remove_leftovers(pg_url: str, amqp_url: str) -> list[str]:
     """
     namespaces = await find_leftovers(pg_url)
     for ns in namespaces:
-        queues = [q for name in known_queues(ns) for q in (name, f"{name}.dlq")]
-        for failure in await delete_broker_objects(amqp_url, queues, [f"{ns}.events", f"{ns}.dlx"]):
+        for failure in await delete_broker_objects(amqp_url, *namespace_objects(ns)):
             say(f"  cleanup {ns}: {failure}")
         for suffix in SERVICES.values():
             await drop_database(pg_url, f"{ns}_{suffix}")

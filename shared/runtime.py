@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -27,7 +27,6 @@ from shared.telemetry import setup_logging, setup_tracing
 
 log = logging.getLogger("spine.runtime")
 
-BackgroundTask = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -40,7 +39,6 @@ class Runtime:
     broker: RabbitBroker
     topology: Topology
     relay: OutboxRelay
-    background: list[BackgroundTask] = field(default_factory=list)
 
     @classmethod
     def build(cls, name: str, settings: ServiceSettings) -> Runtime:
@@ -80,20 +78,18 @@ class Runtime:
         await self.broker.declare_exchange(self.topology.events)
         await self.declare_dead_letters()
         await self.broker.start()
-        stop = asyncio.Event()
-        tasks = [asyncio.create_task(self.relay.run(), name=f"{self.name}-relay")]
-        tasks += [asyncio.create_task(job(stop)) for job in self.background]
+        relay = asyncio.create_task(self.relay.run(), name=f"{self.name}-relay")
         log.info("%s ready on http://%s:%d (docs at /docs)", self.name,
                  self.settings.http_host, self.settings.port)
         try:
             yield
         finally:
             # Stop taking messages first; in-flight ones finish and are acked (or are redelivered
-            # if they cannot finish in the graceful timeout). Then flush the outbox one last time.
-            stop.set()
+            # if they cannot finish in the graceful timeout). Events they committed but the relay
+            # had no time to send stay in the outbox and go out at the next start.
             await self.broker.stop()
             await self.relay.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(relay, return_exceptions=True)
             await self.engine.dispose()
             log.info("%s stopped cleanly", self.name)
 

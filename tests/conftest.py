@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 
 from shared.db.migrate import drop_database, ensure_database
+from shared.messaging.topology import delete_broker_objects
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -291,26 +292,7 @@ class RabbitJanitor:
 
     async def clean(self) -> list[str]:
         """Delete everything registered; returns what could not be deleted."""
-        failures: list[str] = []
-        conn = await aio_pika.connect(self.amqp_url, timeout=10)
-        try:
-            for kind, names in (("queue", self.queues), ("exchange", self.exchanges)):
-                for name in names:
-                    # A fresh channel each time: a refused delete closes its channel.
-                    channel = await conn.channel()
-                    try:
-                        if kind == "queue":
-                            await channel.queue_delete(name)
-                        else:
-                            await channel.exchange_delete(name)
-                    except Exception as exc:
-                        failures.append(f"{kind} {name}: {exc}")
-                    finally:
-                        with contextlib.suppress(Exception):
-                            await channel.close()
-        finally:
-            await conn.close()
-        return failures
+        return await delete_broker_objects(self.amqp_url, self.queues, self.exchanges)
 
 
 @pytest.fixture

@@ -76,8 +76,6 @@ TRANSITIONS: dict[tuple[Status, Status], Rule] = {
     ]
 }
 
-TERMINAL = frozenset({Status.SHIPPED, Status.CANCELLED})
-
 
 def roles_for_target(target: Status) -> frozenset[str]:
     """Every role that may move some dispatch into `target` (for a 403 before state is read)."""

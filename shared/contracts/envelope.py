@@ -24,9 +24,6 @@ class Actor(Contract):
     role: str = Field(min_length=1)
 
 
-SYSTEM_ACTOR = Actor(id="system", role="system")
-
-
 class Envelope(Contract, Generic[T]):
     event_id: uuid.UUID
     type: str = Field(min_length=1)

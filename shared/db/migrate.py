@@ -12,8 +12,6 @@ from sqlalchemy import MetaData, pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.db.engine import asyncpg_dsn
-
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
 
 
@@ -77,6 +75,3 @@ def run_env(context: object, target_metadata: MetaData) -> None:
 
     asyncio.run(run_async())
 
-
-def asyncpg_url(database_url: str) -> str:
-    return asyncpg_dsn(database_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +118,38 @@ async def declare_all(channel: Any, topology: Topology) -> list[str]:
             await dlq.bind(dlx, routing_key=dead.routing())
             declared += [spec.name, dead.name]
     return declared
+
+
+def namespace_objects(namespace: str) -> tuple[list[str], list[str]]:
+    """Every queue (with its DLQ) and both exchanges a namespace's topology declares."""
+    queues = [q for name in known_queues(namespace) for q in (name, f"{name}.dlq")]
+    topology = Topology(namespace)
+    return queues, [topology.events.name, topology.dead_letters.name]
+
+
+async def delete_broker_objects(
+    amqp_url: str, queues: list[str], exchanges: list[str]
+) -> list[str]:
+    """Delete queues, then exchanges; a fresh channel each, since a refused delete closes it."""
+    failures: list[str] = []
+    try:
+        conn = await aio_pika.connect(amqp_url, timeout=10)
+    except Exception as exc:
+        return [f"RabbitMQ: {exc}"]
+    try:
+        for kind, names in (("queue", queues), ("exchange", exchanges)):
+            for name in names:
+                channel = await conn.channel()
+                try:
+                    if kind == "queue":
+                        await channel.queue_delete(name)
+                    else:
+                        await channel.exchange_delete(name)
+                except Exception as exc:
+                    failures.append(f"{kind} {name}: {exc}")
+                finally:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+    finally:
+        await conn.close()
+    return failures

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -28,14 +27,11 @@ from services.erp_adapter.config import Settings
 from services.erp_adapter.main import build
 from shared.auth import JwtVerifier
 from shared.db.migrate import downgrade, drop_database, ensure_database, upgrade
+from tests.conftest import Servers
 
 pytestmark = pytest.mark.integration
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "erp"
-PG_URL = (os.environ.get("SPINE_TEST_PG_URL") or os.environ.get("SPINE_PG_URL")
-          or "postgresql://postgres@127.0.0.1:5432").rstrip("/")
-AMQP_URL = (os.environ.get("SPINE_TEST_AMQP_URL") or os.environ.get("SPINE_AMQP_URL")
-            or "amqp://guest:guest@127.0.0.1:5672/")
 
 
 @dataclass
@@ -93,11 +89,13 @@ class Erp:
 
 
 @pytest.fixture
-async def erp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[Erp]:
+async def erp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, servers: Servers
+) -> AsyncIterator[Erp]:
     unique = f"erptest_{uuid.uuid4().hex[:8]}"
     for key, value in {
-        "SPINE_PG_URL": PG_URL,
-        "SPINE_AMQP_URL": AMQP_URL,
+        "SPINE_PG_URL": servers.pg_url,
+        "SPINE_AMQP_URL": servers.amqp_url,
         "SPINE_DB_PREFIX": unique,
         "SPINE_NAMESPACE": unique,
         "SPINE_JWT_SECRET": secrets.token_hex(32),

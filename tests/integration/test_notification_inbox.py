@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -27,13 +26,10 @@ from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
 from shared.db.migrate import drop_database, ensure_database, upgrade
 from shared.messaging.topology import CONSUMER_QUEUES, ERROR_HEADER, Topology
+from tests.conftest import Servers
 
 pytestmark = pytest.mark.integration
 
-PG_URL = (os.environ.get("SPINE_TEST_PG_URL") or os.environ.get("SPINE_PG_URL")
-          or "postgresql://postgres@127.0.0.1:5432").rstrip("/")
-AMQP_URL = (os.environ.get("SPINE_TEST_AMQP_URL") or os.environ.get("SPINE_AMQP_URL")
-            or "amqp://guest:guest@127.0.0.1:5672/")
 
 
 @dataclass
@@ -90,11 +86,13 @@ class Notification:
 
 
 @pytest.fixture
-async def notification(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Notification]:
+async def notification(
+    monkeypatch: pytest.MonkeyPatch, servers: Servers
+) -> AsyncIterator[Notification]:
     unique = f"notiftest_{uuid.uuid4().hex[:8]}"
     for key, value in {
-        "SPINE_PG_URL": PG_URL,
-        "SPINE_AMQP_URL": AMQP_URL,
+        "SPINE_PG_URL": servers.pg_url,
+        "SPINE_AMQP_URL": servers.amqp_url,
         "SPINE_DB_PREFIX": unique,
         "SPINE_NAMESPACE": unique,
         "SPINE_JWT_SECRET": secrets.token_hex(32),

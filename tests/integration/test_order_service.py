@@ -32,13 +32,10 @@ from shared.db.engine import asyncpg_dsn
 from shared.db.migrate import drop_database, ensure_database, upgrade
 from shared.messaging.topology import CONSUMER_QUEUES, ERROR_HEADER, Topology
 from shared.runtime import Runtime
+from tests.conftest import Servers
 
 pytestmark = pytest.mark.integration
 
-PG_URL = (os.environ.get("SPINE_TEST_PG_URL") or os.environ.get("SPINE_PG_URL")
-          or "postgresql://postgres@127.0.0.1:5432").rstrip("/")
-AMQP_URL = (os.environ.get("SPINE_TEST_AMQP_URL") or os.environ.get("SPINE_AMQP_URL")
-            or "amqp://guest:guest@127.0.0.1:5672/")
 
 SHIP_TO = {"name": "Nordwerk GmbH", "street": "Hafenstr. 1", "city": "Bremen",
            "postal_code": "28195", "country": "DE"}
@@ -174,18 +171,18 @@ async def _wait_for_replica(db: asyncpg.Connection, table: str, id_: str, versio
 
 
 @pytest.fixture(scope="module")
-async def svc() -> AsyncIterator[OrderService]:
+async def svc(servers: Servers) -> AsyncIterator[OrderService]:
     """The order service, started once for this module, with replicas fed through the broker."""
     ns = f"ordertest_{uuid.uuid4().hex[:8]}"
     secret = secrets.token_hex(32)
     env = {"SPINE_DB_PREFIX": ns, "SPINE_NAMESPACE": ns, "SPINE_JWT_SECRET": secret,
-           "SPINE_PG_URL": PG_URL, "SPINE_AMQP_URL": AMQP_URL}
+           "SPINE_PG_URL": servers.pg_url, "SPINE_AMQP_URL": servers.amqp_url}
     with _environment(env):
         settings = Settings()
         assert settings.database_name == f"{ns}_order"
         await ensure_database(settings.pg_url, settings.database_name)
         runtime = None
-        amqp = await aio_pika.connect(AMQP_URL, timeout=10)
+        amqp = await aio_pika.connect(servers.amqp_url, timeout=10)
         topology = Topology(ns)
         observer_name = f"{ns}.test.order-events"
         try:
