@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,13 +10,27 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 HTTP_REQUESTS = Counter(
     "spine_http_requests_total", "HTTP requests", ["service", "method", "route", "status"]
 )
 HTTP_LATENCY = Histogram("spine_http_request_seconds", "HTTP request latency", ["service", "route"])
+
+# A unit of work holds its transaction for milliseconds and the relay for one batch's publish:
+# a session idle in a transaction for longer than this is stuck, and what it does is lost.
+STUCK_AFTER_S = 10
+_STUCK_SESSIONS = sa.text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = current_setting('application_name') "
+    "AND state LIKE 'idle in transaction%' AND state_change < now() - make_interval(secs => :s)"
+).bindparams(s=STUCK_AFTER_S)
+IDLE_IN_TRANSACTION = Gauge(
+    "spine_db_sessions_idle_in_transaction",
+    f"This service's database sessions idle inside a transaction for over {STUCK_AFTER_S} s "
+    "(work on them would never commit)",
+)
 
 
 def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
@@ -26,13 +41,20 @@ def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="The database and the broker answer")
+    async def stuck_sessions() -> int:
+        async with engine.connect() as conn:
+            stuck = int((await conn.execute(_STUCK_SESSIONS)).scalar_one())
+        IDLE_IN_TRANSACTION.set(stuck)
+        return stuck
+
+    @router.get("/readyz", summary="The database and the broker answer, no session is stuck")
     async def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
         try:
-            async with engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-            checks["database"] = "ok"
+            stuck = await stuck_sessions()
+            checks["database"] = "ok" if not stuck else (
+                f"{stuck} session(s) idle in a transaction for over {STUCK_AFTER_S} s"
+            )
         except Exception as exc:
             checks["database"] = f"unreachable: {exc.__class__.__name__}"
         try:
@@ -44,6 +66,8 @@ def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
+        with contextlib.suppress(Exception):  # unreachable: readyz says so; the gauge keeps its value
+            await stuck_sessions()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -14,6 +14,7 @@ from opentelemetry import propagate
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.contracts.envelope import Actor, new_envelope
+from shared.db.transaction import transaction
 
 
 class Duplicate(Exception):
@@ -88,9 +89,10 @@ class Transaction:
         return event_id
 
 
-# The plumbing rows go through the driver connection of the same transaction: they are the
-# per-message hot path, and plain prepared statements (cached by asyncpg per connection) cost a
-# fraction of building and compiling SQLAlchemy constructs for every message.
+# The plumbing rows are plain SQL sent with `exec_driver_sql`: they are the per-message hot path,
+# and SQL that needs no compiling (prepared once per connection by the driver) costs a fraction
+# of building SQLAlchemy constructs for every message — while still running through
+# SQLAlchemy's connection, whose error handling discards a cancelled or disconnected session.
 _INBOX = (
     "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) "
     "ON CONFLICT DO NOTHING RETURNING 1"
@@ -133,10 +135,9 @@ class UnitOfWork:
         inbox: tuple[str, str] | None = None,
     ) -> AsyncIterator[Transaction]:
         """Run the body in one transaction; raise `Duplicate` if `inbox` (consumer, message_id) was seen."""
-        async with self.engine.begin() as conn:
-            driver = await _driver_in_transaction(conn)
-            if inbox is not None and await driver.fetchval(_INBOX, inbox[0], inbox[1]) is None:
-                raise Duplicate(f"{inbox[0]} already handled message {inbox[1]}")
+        async with transaction(self.engine) as conn:
+            if inbox is not None and (await conn.exec_driver_sql(_INBOX, inbox)).first() is None:
+                raise Duplicate("{} already handled message {}".format(*inbox))
             tx = Transaction(
                 conn=conn,
                 producer=self.producer,
@@ -146,22 +147,7 @@ class UnitOfWork:
             )
             yield tx
             if tx._audit or tx._outbox:
-                await driver.execute(_AUDIT_AND_OUTBOX, *_columns(tx))
-
-
-async def _driver_in_transaction(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under `conn`, with the transaction SQLAlchemy begins lazily begun.
-
-    SQLAlchemy's asyncpg adapter sends BEGIN only before its first statement; a statement sent
-    straight to the driver before that would run in autocommit, outside the unit of work.
-    """
-    adapted: Any = (await conn.get_raw_connection()).dbapi_connection
-    if hasattr(adapted, "_start_transaction") and hasattr(adapted, "_transaction"):
-        if adapted._transaction is None:
-            await adapted._start_transaction()
-    else:  # another SQLAlchemy version: begin the portable way, at one round trip's cost
-        await conn.execute(sa.text("SELECT 1"))
-    return adapted.driver_connection
+                await conn.exec_driver_sql(_AUDIT_AND_OUTBOX, tuple(_columns(tx)))
 
 
 def _columns(tx: Transaction) -> list[list[Any]]:

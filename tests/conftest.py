@@ -13,6 +13,8 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -197,10 +199,90 @@ def _redact(url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-async def servers() -> AsyncIterator[Servers]:
-    """The PostgreSQL and RabbitMQ integration and e2e tests run against (fails if none)."""
+async def servers(request: pytest.FixtureRequest) -> AsyncIterator[Servers]:
+    """The PostgreSQL and RabbitMQ integration and e2e tests run against (fails if none).
+
+    While they are in use, `StuckSessionWatch` looks for sessions stuck in a transaction.
+    """
     async with find_servers() as found:
-        yield found
+        watch = StuckSessionWatch(found.pg_url)
+        watch.start()
+        request.config.stash.setdefault(STUCK_SESSION_WATCHES, []).append(watch)
+        try:
+            yield found
+        finally:
+            watch.stop()
+
+
+@pytest.fixture(scope="session")
+def stuck_session_watch(servers: Servers, request: pytest.FixtureRequest) -> StuckSessionWatch:
+    """The watch `servers` started (for the test of the guard itself)."""
+    return request.config.stash[STUCK_SESSION_WATCHES][-1]
+
+
+# --------------------------------------------------------------------------------------------
+# The guard: no Spine session may sit idle inside a transaction
+# --------------------------------------------------------------------------------------------
+
+STUCK_AFTER_S = 3.0  # every unit of work and relay pass in the tests takes far less
+_STUCK_QUERY = """
+SELECT datname, application_name, pid, round(extract(epoch FROM now() - state_change)), query
+FROM pg_stat_activity
+WHERE application_name LIKE 'spine-%' AND state LIKE 'idle in transaction%'
+  AND state_change < now() - make_interval(secs => $1)
+"""
+STUCK_SESSION_WATCHES = pytest.StashKey[list["StuckSessionWatch"]]()
+
+
+class StuckSessionWatch(threading.Thread):
+    """Polls pg_stat_activity while the integration and e2e tests run, in its own thread and loop.
+
+    A session idle in a transaction means every later write on it is acknowledged and never
+    committed (a poisoned pooled connection loses data silently). The run fails if one is seen.
+    """
+
+    def __init__(self, pg_url: str, interval: float = 0.5) -> None:
+        super().__init__(name="stuck-session-watch", daemon=True)
+        self.pg_url = pg_url
+        self.interval = interval
+        self.seen: dict[tuple[str, int], str] = {}
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        asyncio.run(self._watch())
+
+    async def _watch(self) -> None:
+        conn = None
+        while not self._stop_event.is_set():
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(f"{self.pg_url}/postgres", timeout=5)
+                for db, app, pid, age, query in await conn.fetch(_STUCK_QUERY, STUCK_AFTER_S):
+                    self.seen[(db, pid)] = (f"{db} {app} pid {pid}: idle in transaction for "
+                                            f"{age} s after {query[:120]!r}")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn = None  # the server is being restarted by a test: look again shortly
+            await asyncio.sleep(self.interval)
+        if conn is not None:
+            await conn.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when any Spine session was seen stuck inside a transaction."""
+    watches = session.config.stash.get(STUCK_SESSION_WATCHES, [])
+    stuck = [line for watch in watches for line in watch.seen.values()]
+    if stuck:
+        sys.stderr.write(
+            f"\nFAILED guard: {len(stuck)} Spine database session(s) sat idle in a transaction "
+            f"for over {STUCK_AFTER_S:.0f} s (work on them is acknowledged and never committed):\n"
+            + "".join(f"  {line}\n" for line in stuck)
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+import logging
+from typing import Any
+
+from sqlalchemy import MetaData, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger("spine.db")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -21,7 +27,7 @@ def new_metadata() -> MetaData:
 
 def make_engine(url: str, *, pool_size: int = 16, service: str = "spine") -> AsyncEngine:
     """An engine whose connections are ready for the hot path (statement cache, no JIT)."""
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         # No overflow: with up to `prefetch` messages in flight, overflow connections were opened
@@ -32,6 +38,19 @@ def make_engine(url: str, *, pool_size: int = 16, service: str = "spine") -> Asy
         pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": f"spine-{service}", "jit": "off"}},
     )
+    event.listen(engine.sync_engine, "checkout", _refuse_a_session_inside_a_transaction)
+    return engine
+
+
+def _refuse_a_session_inside_a_transaction(dbapi_connection: Any, *_: Any) -> None:
+    """A backstop: a pooled session the server reports inside a transaction is never reused.
+
+    Work done on it would join that transaction and be lost when it ends; the pool replaces it
+    with a fresh connection instead (`DisconnectionError` makes it retry).
+    """
+    if dbapi_connection.driver_connection.is_in_transaction():
+        log.error("discarding a pooled database session found inside a transaction")
+        raise DisconnectionError("pooled session was inside a transaction")
 
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:

@@ -11,10 +11,12 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.engine import asyncpg_dsn
 from shared.db.plumbing import OUTBOX_CHANNEL
+from shared.db.transaction import transaction
 from shared.messaging.topology import Topology
 
 log = logging.getLogger("spine.relay")
@@ -116,40 +118,40 @@ class OutboxRelay:
         return total
 
     async def _publish_batch(self, skip: list[int], failed_ids: list[int]) -> tuple[int, bool]:
-        async with self.engine.connect() as sa_conn:
-            raw = await sa_conn.get_raw_connection()
-            conn: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
-            async with conn.transaction():
-                rows = await conn.fetch(_CLAIM, self.batch_size, skip)
-                if not rows:
-                    return 0, False
-                exchange = await self._events_exchange()
-                results = await asyncio.gather(
-                    *(self._publish(row, exchange) for row in rows), return_exceptions=True
-                )
-                ok = [row["id"] for row, res in zip(rows, results, strict=True)
-                      if not isinstance(res, BaseException)]
-                failed = [(row, res) for row, res in zip(rows, results, strict=True)
-                          if isinstance(res, BaseException)]
-                if ok:
-                    await conn.execute(_MARK_SENT, ok)
-                if failed:
-                    reason = f"{failed[0][1].__class__.__name__}: {failed[0][1]}"[:500]
-                    await conn.execute(_MARK_FAILED, [row["id"] for row, _ in failed], reason)
-                    log.error("outbox relay: %d event(s) not published, e.g. %s %s: %s",
-                              len(failed), failed[0][0]["routing_key"], failed[0][0]["event_id"],
-                              reason)
-            self.published += len(ok)
-            for row_id in ok:
-                self._retry.pop(row_id, None)
-            now = time.monotonic()
-            for row, _ in failed:
-                _, tries = self._retry.get(row["id"], (0.0, 0))
-                self._retry[row["id"]] = (now + min(0.5 * 2**tries, 60.0), tries + 1)
-                failed_ids.append(row["id"])
-            return len(ok), len(rows) == self.batch_size
+        # `transaction` discards the connection if this pass is cancelled at any await, so a
+        # cancelled claim can never leave a pooled session holding (or later marking) rows.
+        async with transaction(self.engine) as conn:
+            rows = (await conn.exec_driver_sql(_CLAIM, (self.batch_size, skip))).mappings().all()
+            if not rows:
+                return 0, False
+            exchange = await self._events_exchange()
+            results = await asyncio.gather(
+                *(self._publish(row, exchange) for row in rows), return_exceptions=True
+            )
+            ok = [row["id"] for row, res in zip(rows, results, strict=True)
+                  if not isinstance(res, BaseException)]
+            failed = [(row, res) for row, res in zip(rows, results, strict=True)
+                      if isinstance(res, BaseException)]
+            if ok:
+                await conn.exec_driver_sql(_MARK_SENT, (ok,))
+            if failed:
+                reason = f"{failed[0][1].__class__.__name__}: {failed[0][1]}"[:500]
+                await conn.exec_driver_sql(_MARK_FAILED, ([row["id"] for row, _ in failed], reason))
+                log.error("outbox relay: %d event(s) not published, e.g. %s %s: %s",
+                          len(failed), failed[0][0]["routing_key"], failed[0][0]["event_id"],
+                          reason)
+        # Committed: only now do the marks count.
+        self.published += len(ok)
+        for row_id in ok:
+            self._retry.pop(row_id, None)
+        now = time.monotonic()
+        for row, _ in failed:
+            _, tries = self._retry.get(row["id"], (0.0, 0))
+            self._retry[row["id"]] = (now + min(0.5 * 2**tries, 60.0), tries + 1)
+            failed_ids.append(row["id"])
+        return len(ok), len(rows) == self.batch_size
 
-    async def _publish(self, row: asyncpg.Record, exchange: aio_pika.abc.AbstractExchange) -> None:
+    async def _publish(self, row: RowMapping, exchange: aio_pika.abc.AbstractExchange) -> None:
         carrier = row["headers"]
         if isinstance(carrier, str):
             carrier = json.loads(carrier)
