@@ -111,6 +111,18 @@ class Stack:
         return "\n".join(f"--- {name}\n{path.read_text()}" for name, path in self.logs.items())
 
 
+def spawn_service(
+    name: str, servers: Servers, namespace: str, port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start `python -m services.<name>.main` on its own namespace, databases and port."""
+    env = {**os.environ, **servers.env, "SPINE_NAMESPACE": namespace, "SPINE_DB_PREFIX": namespace,
+           "PYTHONPATH": str(ROOT), "SPINE_LOG_LEVEL": "INFO", "SPINE_HTTP_PORT": str(port)}
+    return subprocess.Popen(
+        [sys.executable, "-m", f"services.{name}.main"],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+
+
 async def _wait_ready(stack: Stack, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     pending = set(SERVICES)
@@ -151,21 +163,14 @@ async def stack(
         ports={name: free_port() for name in SERVICES},
         logs={name: logdir / f"{name}.log" for name in SERVICES},
     )
-    env = {**os.environ, **servers.env, "SPINE_NAMESPACE": ns, "SPINE_DB_PREFIX": ns,
-           "PYTHONPATH": str(ROOT), "SPINE_LOG_LEVEL": "INFO"}
     try:
         for name in SERVICES:
-            stack.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}.main"],
-                cwd=ROOT,
-                env={**env, "SPINE_HTTP_PORT": str(stack.ports[name])},
-                stdout=stack.logs[name].open("wb"),
-                stderr=subprocess.STDOUT,
-            )
+            stack.procs[name] = spawn_service(name, servers, ns, stack.ports[name], stack.logs[name])
         await _wait_ready(stack)
         stack.connection = await aio_pika.connect_robust(servers.amqp_url)
         channel = await stack.connection.channel()
-        stack.watch = await channel.declare_queue(f"{ns}.e2e.watch", durable=False,
+        # Durable: a test that restarts the broker must not take the other tests' eyes away.
+        stack.watch = await channel.declare_queue(f"{ns}.e2e.watch", durable=True,
                                                   auto_delete=False)
         await stack.watch.bind(f"{ns}.events", "#")
         await _load_reference_data(stack)

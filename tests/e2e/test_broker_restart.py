@@ -1,0 +1,200 @@
+"""A broker restart under load loses nothing: every event the broker confirmed is handled once.
+
+When RabbitMQ closes a connection, aiormq cancels every consumer task still running. A
+cancellation that lands while a unit of work awaits BEGIN used to leave its pooled connection
+inside a transaction, after which later messages were acked with nothing committed — 40 to 155
+events lost in about one restart in five. This restarts the real broker (`rabbitmqctl
+stop_app` / `start_app`) twice while the notification service, a real process, consumes a
+backlog, and checks every confirmed event against the service's inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+
+from shared.contracts.envelope import Actor, new_envelope
+from shared.db.migrate import drop_database, ensure_database, upgrade
+from shared.messaging.topology import Topology, declare_all
+from tests.conftest import RabbitJanitor, Servers
+from tests.e2e.conftest import free_port, spawn_service
+
+RESTARTS = 2
+OUTAGE_S = 2.0
+
+pytestmark = pytest.mark.skipif(shutil.which("rabbitmqctl") is None,
+                                reason="needs the local RabbitMQ's rabbitmqctl to restart it")
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+async def broker_answers(amqp_url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection = await aio_pika.connect(amqp_url, timeout=3)
+            await connection.close()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+class Publisher:
+    """Publishes `dispatch.created` events as fast as the broker confirms them, through outages."""
+
+    def __init__(self, amqp_url: str, namespace: str) -> None:
+        self.amqp_url = amqp_url
+        self.namespace = namespace
+        self.confirmed: set[str] = set()
+        self.failed_batches = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        connection = await aio_pika.connect_robust(self.amqp_url)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange = await channel.get_exchange(f"{self.namespace}.events")
+            while not self._stop.is_set():
+                batch = [self._message() for _ in range(50)]
+                results = await asyncio.gather(
+                    *(exchange.publish(m, routing_key="dispatch.created", mandatory=True)
+                      for m in batch),
+                    return_exceptions=True,
+                )
+                for message, result in zip(batch, results, strict=True):
+                    if not isinstance(result, BaseException):
+                        assert message.message_id is not None
+                        self.confirmed.add(message.message_id)
+                if any(isinstance(r, BaseException) for r in results):
+                    self.failed_batches += 1  # the broker is away: unconfirmed, so not counted
+                    await asyncio.sleep(0.3)
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    def _message(self) -> aio_pika.Message:
+        dispatch_id = str(uuid.uuid4())
+        envelope = new_envelope(
+            type="dispatch.created", producer="dispatch",
+            data={"dispatch_id": dispatch_id, "order_id": str(uuid.uuid4()), "version": 1,
+                  "status": "pending"},
+            actor=Actor(id="dispatch", role="system"),
+        )
+        return aio_pika.Message(
+            json.dumps(envelope).encode(), message_id=envelope["event_id"],
+            correlation_id=envelope["correlation_id"], content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+
+
+@pytest.fixture
+async def notification(
+    servers: Servers, namespace: str, tmp_path: Path
+) -> AsyncIterator[dict[str, Any]]:
+    """The notification service alone, as a process, on its own database and namespace."""
+    database = f"{namespace}_notification"
+    await ensure_database(servers.pg_url, database)
+    pg_async = servers.pg_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    await asyncio.to_thread(upgrade, "notification", f"{pg_async}/{database}")
+    connection = await aio_pika.connect(servers.amqp_url)
+    try:
+        declared = await declare_all(await connection.channel(), Topology(namespace))
+    finally:
+        await connection.close()
+    port, log = free_port(), tmp_path / "notification.log"
+    proc = spawn_service("notification", servers, namespace, port, log)
+    service = {"proc": proc, "url": f"http://127.0.0.1:{port}", "log": log,
+               "dsn": f"{servers.pg_url}/{database}"}
+    try:
+        await wait_ready(service)
+        yield service
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        janitor = RabbitJanitor(servers.amqp_url)
+        janitor.namespace(namespace)
+        for name in declared:
+            janitor.queue(name)
+        await janitor.clean()
+        await drop_database(servers.pg_url, database)
+
+
+async def wait_ready(service: dict[str, Any], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if service["proc"].poll() is not None:
+                raise AssertionError(f"exited: {service['log'].read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{service['url']}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"not ready after {timeout}s: {service['log'].read_text()}")
+
+
+async def handled(dsn: str) -> set[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {row["message_id"] for row in await conn.fetch("SELECT message_id FROM inbox")}
+    finally:
+        await conn.close()
+
+
+async def test_every_event_confirmed_around_broker_restarts_has_its_inbox_row(
+    servers: Servers, namespace: str, notification: dict[str, Any]
+) -> None:
+    publisher = Publisher(servers.amqp_url, namespace)
+    publishing = asyncio.create_task(publisher.run())
+    try:
+        for _ in range(RESTARTS):
+            # A backlog, so that every restart lands on a full prefetch of units of work.
+            started = len(publisher.confirmed)
+            while len(publisher.confirmed) < started + 600:
+                assert not publishing.done(), publishing
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(rabbitmqctl, "stop_app")
+            await asyncio.sleep(OUTAGE_S)
+            await asyncio.to_thread(rabbitmqctl, "start_app")
+            await broker_answers(servers.amqp_url)
+        await asyncio.sleep(2.0)  # more load after the last restart, on the healed service
+    finally:
+        publisher.stop()
+        await publishing
+
+    confirmed = publisher.confirmed
+    deadline = time.monotonic() + 90
+    missing = confirmed - await handled(notification["dsn"])
+    while missing and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        missing = confirmed - await handled(notification["dsn"])
+    assert not missing, (
+        f"{len(missing)} of {len(confirmed)} confirmed events never reached the inbox "
+        f"(e.g. {sorted(missing)[:3]})\n{notification['log'].read_text()[-4000:]}"
+    )
+    assert publisher.failed_batches, "the broker restarts should have interrupted publishing"
+    await wait_ready(notification, timeout=30)  # healed by itself, without anyone's help
