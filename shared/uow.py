@@ -1,92 +1,97 @@
-"""The unit of work: one transaction holding the effect, its audit rows, its outbox rows and its inbox row."""
+"""The unit of work: one transaction holding the effect, its audit rows, its outbox rows and its inbox row.
+
+A handler opens one with `uow.begin(...)`, reads and changes aggregates through the
+repositories of the `Transaction` it gets (`tx.dispatches`, `tx.orders`), and returns. The unit
+of work then collects the domain events of every aggregate the repositories handed out and, in
+the same commit, writes one audit row per event and one outbox row per event that has a wire
+contract (the service's `publishers.to_wire`). `UnitOfWork` is the abstract base a handler
+depends on; `SqlAlchemyUnitOfWork` is the real one and `tests/unit/fakes.py` the fake.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from opentelemetry import propagate
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.contracts.envelope import Actor, new_envelope
+from shared.contracts.envelope import ActorLike, new_envelope
 from shared.db.transaction import transaction
+from shared.domain import Aggregate, AuditFact, DomainEvent
 
 
 class Duplicate(Exception):
     """The message was already handled by this consumer; its effect exists once already."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class WireEvent:
+    """A domain event as the wire contract says: routing key (= event type) and `data`."""
+
+    type: str
+    data: dict[str, Any]
+
+
+ToWire = Callable[[DomainEvent], WireEvent | None]
+A = TypeVar("A", bound=Aggregate)
+
+
 class Transaction:
-    """What a handler writes through: the connection, plus audit and outbox collectors."""
+    """What one unit of work knows: who acts, the journey it belongs to, what it touched.
 
-    conn: AsyncConnection
-    producer: str
-    actor: Actor
-    correlation_id: uuid.UUID
-    causation_id: uuid.UUID | None
-    _audit: list[dict[str, Any]] = field(default_factory=list)
-    _outbox: list[dict[str, Any]] = field(default_factory=list)
+    Service transactions subclass it to add their repositories, which `track` every aggregate
+    they load or add, so that its events are collected at commit.
+    """
 
-    def record(
+    def __init__(self, *, actor: ActorLike, correlation_id: uuid.UUID,
+                 causation_id: uuid.UUID | None) -> None:
+        self.actor = actor
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self._tracked: list[Aggregate] = []
+        self._loose: list[DomainEvent] = []
+
+    def track(self, aggregate: A) -> A:
+        if aggregate not in self._tracked:
+            self._tracked.append(aggregate)
+        return aggregate
+
+    def collect(self, event: DomainEvent) -> None:
+        """An event no aggregate records: a refusal that creates nothing (`order.rejected`)."""
+        self._loose.append(event)
+
+    def pull_events(self) -> list[DomainEvent]:
+        """Every event recorded in this unit of work, in order per aggregate."""
+        events, self._loose = self._loose, []
+        for aggregate in self._tracked:
+            events += aggregate.pull_events()
+        return events
+
+
+TX = TypeVar("TX", bound=Transaction)
+TX_co = TypeVar("TX_co", bound=Transaction, covariant=True)
+
+
+class UnitOfWork(ABC, Generic[TX_co]):
+    """Opens units of work; what every handler depends on (a fake in unit tests)."""
+
+    @abstractmethod
+    def begin(
         self,
         *,
-        action: str,
-        entity_type: str,
-        entity_id: str,
-        from_state: str | None = None,
-        to_state: str | None = None,
-        reason: str | None = None,
-        details: dict[str, Any] | None = None,
-        actor: Actor | None = None,
-    ) -> None:
-        """Append an audit row; it commits with the change it describes."""
-        who = actor or self.actor
-        self._audit.append(
-            {
-                "actor_id": who.id,
-                "actor_role": who.role,
-                "action": action,
-                "entity_type": entity_type,
-                "entity_id": entity_id,
-                "from_state": from_state,
-                "to_state": to_state,
-                "reason": reason,
-                "correlation_id": self.correlation_id,
-                "causation_id": self.causation_id,
-                "details": details or {},
-            }
-        )
-
-    def emit(self, event_type: str, data: dict[str, Any], *, actor: Actor | None = None) -> uuid.UUID:
-        """Queue an event in the outbox; the relay publishes it after commit."""
-        event_id = uuid.uuid4()
-        envelope = new_envelope(
-            type=event_type,
-            producer=self.producer,
-            data=data,
-            actor=actor or self.actor,
-            correlation_id=self.correlation_id,
-            causation_id=self.causation_id,
-            event_id=event_id,
-        )
-        headers: dict[str, str] = {}
-        propagate.inject(headers)  # the relay continues this trace when it publishes
-        self._outbox.append(
-            {
-                "event_id": event_id,
-                "routing_key": event_type,
-                "correlation_id": self.correlation_id,
-                "body": json.dumps(envelope, separators=(",", ":"), default=str),
-                "headers": headers,
-            }
-        )
-        return event_id
+        actor: ActorLike,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        inbox: tuple[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[TX_co]:
+        """One transaction; raises `Duplicate` if `inbox` (consumer, message_id) was handled."""
 
 
 # The plumbing rows are plain SQL sent with `exec_driver_sql`: they are the per-message hot path,
@@ -111,16 +116,30 @@ INSERT INTO outbox (event_id, routing_key, correlation_id, body, headers)
 SELECT e, k, c, b, h::jsonb
 FROM unnest($12::uuid[], $13::text[], $14::uuid[], $15::text[], $16::text[]) AS t(e, k, c, b, h)
 """
-_AUDIT_COLUMNS = ("actor_id", "actor_role", "action", "entity_type", "entity_id", "from_state",
-                  "to_state", "reason", "correlation_id", "causation_id")
+
+TransactionFactory = Callable[..., TX]
 
 
-class UnitOfWork:
-    """Opens transactions against one service's database; see `Transaction`."""
+class SqlAlchemyUnitOfWork(UnitOfWork[TX]):
+    """Units of work against one service's database.
 
-    def __init__(self, engine: AsyncEngine, producer: str, metadata: sa.MetaData) -> None:
+    `transaction(conn, actor=..., correlation_id=..., causation_id=...)` builds the service's
+    `Transaction` with its repositories on `conn`; `to_wire` is the service's publishers.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        producer: str,
+        metadata: sa.MetaData,
+        *,
+        transaction: Callable[..., TX],
+        to_wire: ToWire,
+    ) -> None:
         self.engine = engine
         self.producer = producer
+        self._transaction = transaction
+        self._to_wire = to_wire
         # The plumbing tables must be there; the SQL above names them directly.
         for name in ("outbox", "audit_log", "inbox"):
             metadata.tables[name]  # noqa: B018
@@ -129,36 +148,118 @@ class UnitOfWork:
     async def begin(
         self,
         *,
-        actor: Actor,
+        actor: ActorLike,
         correlation_id: uuid.UUID | None = None,
         causation_id: uuid.UUID | None = None,
         inbox: tuple[str, str] | None = None,
-    ) -> AsyncIterator[Transaction]:
-        """Run the body in one transaction; raise `Duplicate` if `inbox` (consumer, message_id) was seen."""
+    ) -> AsyncIterator[TX]:
         async with transaction(self.engine) as conn:
             if inbox is not None and (await conn.exec_driver_sql(_INBOX, inbox)).first() is None:
                 raise Duplicate("{} already handled message {}".format(*inbox))
-            tx = Transaction(
-                conn=conn,
-                producer=self.producer,
-                actor=actor,
-                correlation_id=correlation_id or uuid.uuid4(),
-                causation_id=causation_id,
-            )
+            tx = self._transaction(conn, actor=actor, correlation_id=correlation_id or uuid.uuid4(),
+                                   causation_id=causation_id)
             yield tx
-            if tx._audit or tx._outbox:
-                await conn.exec_driver_sql(_AUDIT_AND_OUTBOX, tuple(_columns(tx)))
+            rows = self.rows_of(tx)
+            if rows.audit or rows.outbox:
+                await conn.exec_driver_sql(_AUDIT_AND_OUTBOX, rows.columns())
+
+    def rows_of(self, tx: Transaction) -> PlumbingRows:
+        """The audit and outbox rows of the events `tx` collected."""
+        rows = PlumbingRows()
+        for event in tx.pull_events():
+            actor = event.actor or tx.actor
+            fact = event.audit()
+            if fact is not None:
+                rows.add_audit(fact, actor, tx.correlation_id, tx.causation_id)
+            wire = event.wire if isinstance(event, _Emitted) else self._to_wire(event)
+            if wire is not None:
+                rows.add_outbox(wire, self.producer, actor, tx.correlation_id, tx.causation_id,
+                                event_id=getattr(event, "event_id", None))
+        return rows
 
 
-def _columns(tx: Transaction) -> list[list[Any]]:
-    """The audit and outbox rows as the 16 column arrays `_AUDIT_AND_OUTBOX` unnests."""
-    audit = [[row[name] for row in tx._audit] for name in _AUDIT_COLUMNS]
-    audit.append([json.dumps(row["details"], default=str) for row in tx._audit])
-    outbox = [
-        [row["event_id"] for row in tx._outbox],
-        [row["routing_key"] for row in tx._outbox],
-        [row["correlation_id"] for row in tx._outbox],
-        [row["body"] for row in tx._outbox],
-        [json.dumps(row["headers"]) for row in tx._outbox],
-    ]
-    return audit + outbox
+class PlumbingRows:
+    """Audit and outbox rows, as the 16 column arrays `_AUDIT_AND_OUTBOX` unnests."""
+
+    def __init__(self) -> None:
+        self.audit: list[tuple[Any, ...]] = []
+        self.outbox: list[tuple[Any, ...]] = []
+
+    def add_audit(self, fact: AuditFact, actor: ActorLike, correlation_id: uuid.UUID,
+                  causation_id: uuid.UUID | None) -> None:
+        self.audit.append((
+            actor.id, actor.role, fact.action, fact.entity_type, fact.entity_id, fact.from_state,
+            fact.to_state, fact.reason, correlation_id, causation_id,
+            json.dumps(fact.details, default=str),
+        ))
+
+    def add_outbox(self, wire: WireEvent, producer: str, actor: ActorLike,
+                   correlation_id: uuid.UUID, causation_id: uuid.UUID | None,
+                   *, event_id: uuid.UUID | None = None) -> uuid.UUID:
+        event_id = event_id or uuid.uuid4()
+        envelope = new_envelope(type=wire.type, producer=producer, data=wire.data, actor=actor,
+                                correlation_id=correlation_id, causation_id=causation_id,
+                                event_id=event_id)
+        headers: dict[str, str] = {}
+        propagate.inject(headers)  # the relay continues this trace when it publishes
+        self.outbox.append((
+            event_id, wire.type, correlation_id,
+            json.dumps(envelope, separators=(",", ":"), default=str), json.dumps(headers),
+        ))
+        return event_id
+
+    def columns(self) -> tuple[list[Any], ...]:
+        audit = [list(column) for column in zip(*self.audit, strict=True)] or [[] for _ in range(11)]
+        outbox = [list(column) for column in zip(*self.outbox, strict=True)] or [[] for _ in range(5)]
+        return (*audit, *outbox)
+
+
+class ConnTransaction(Transaction):
+    """A transaction on a SQL connection: what a service's repositories are built on."""
+
+    def __init__(self, conn: AsyncConnection, **context: Any) -> None:
+        super().__init__(**context)
+        self.conn = conn
+
+    # Transitional, for handlers not yet moved to aggregates with domain events: an audit row
+    # or a wire event written by hand, through the same collection at commit.
+    def record(self, *, actor: ActorLike | None = None, **fact: Any) -> None:
+        """Append an audit row (`AuditFact` fields); it commits with the change it describes."""
+        details = fact.pop("details", None) or {}
+        self.collect(_Recorded(AuditFact(details=details, **fact), actor))
+
+    def emit(self, event_type: str, data: dict[str, Any], *,
+             actor: ActorLike | None = None) -> uuid.UUID:
+        """Queue a wire event in the outbox; the relay publishes it after commit."""
+        emitted = _Emitted(WireEvent(event_type, data), actor)
+        self.collect(emitted)
+        return emitted.event_id
+
+
+class _Recorded(DomainEvent):
+    def __init__(self, fact: AuditFact, actor: ActorLike | None) -> None:
+        self.fact, self.actor = fact, actor  # type: ignore[assignment]
+
+    def audit(self) -> AuditFact:
+        return self.fact
+
+
+class _Emitted(DomainEvent):
+    def __init__(self, wire: WireEvent, actor: ActorLike | None) -> None:
+        self.wire, self.actor = wire, actor  # type: ignore[assignment]
+        self.event_id = uuid.uuid4()
+
+    def audit(self) -> None:  # type: ignore[override]
+        return None
+
+
+def nothing_on_the_wire(event: DomainEvent) -> WireEvent | None:
+    """`to_wire` of a service whose handlers still emit by hand (see `ConnTransaction.emit`)."""
+    return None
+
+
+def unit_of_work(engine: AsyncEngine, producer: str, metadata: sa.MetaData
+                 ) -> SqlAlchemyUnitOfWork[ConnTransaction]:
+    """A unit of work whose transactions are plain `ConnTransaction`s (transitional)."""
+    return SqlAlchemyUnitOfWork(engine, producer, metadata, transaction=ConnTransaction,
+                                to_wire=nothing_on_the_wire)

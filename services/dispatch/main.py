@@ -8,14 +8,14 @@ from services.dispatch import api, publishers, subscribers
 from services.dispatch.config import Settings
 from services.dispatch.tables import metadata
 from shared.runtime import Runtime
-from shared.uow import UnitOfWork
+from shared.uow import unit_of_work
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     settings = settings or Settings()  # type: ignore[call-arg]
     runtime = Runtime.build("dispatch", settings)
-    uow = UnitOfWork(runtime.engine, "dispatch", metadata)
+    uow = unit_of_work(runtime.engine, "dispatch", metadata)
     subscribers.register(runtime.broker, runtime.topology, uow)
     runtime.document_events(publishers.PUBLISHED)
     app = runtime.app(title="Spine dispatch", routers=[api.router])

@@ -26,7 +26,7 @@ from services.erp_adapter.domain import ExportFileError, Kind
 from services.erp_adapter.tables import metadata
 from shared.contracts.envelope import Actor
 from shared.db.engine import make_engine
-from shared.uow import UnitOfWork
+from shared.uow import UnitOfWork, unit_of_work
 
 EXIT_OK = 0
 EXIT_REJECTED_ROWS = 1
@@ -88,7 +88,7 @@ async def _import_files(args: argparse.Namespace) -> int:
         if problem:
             print(problem, file=sys.stderr)
             return EXIT_NO_DATABASE
-        uow = UnitOfWork(engine, NAME, metadata)
+        uow = unit_of_work(engine, NAME, metadata)
         actor = Actor(id=f"cli:{_user()}", role="integration")
         status = EXIT_OK
         for path in args.files:

@@ -30,7 +30,7 @@ from services.erp_adapter.repository import (
     start_run,
 )
 from shared.contracts.envelope import Actor
-from shared.uow import Transaction, UnitOfWork
+from shared.uow import ConnTransaction, UnitOfWork
 
 Progress = Callable[[int, int], None]
 """Called with (records done, records to do) after each committed batch."""
@@ -142,7 +142,7 @@ def _read_and_validate(cmd: ImportExport) -> tuple[ExportFile, Validated]:
     return export, validate(export)
 
 
-def _record_upserts(tx: Transaction, kind: Kind, upserts: list[Upsert], run_id: uuid.UUID) -> None:
+def _record_upserts(tx: ConnTransaction, kind: Kind, upserts: list[Upsert], run_id: uuid.UUID) -> None:
     """Audit row and outbox event of each stored change, in the transaction that stores it."""
     entity = SCHEMAS[kind].entity
     for upsert in upserts:

@@ -13,14 +13,14 @@ from services.erp_adapter import api, publishers
 from services.erp_adapter.config import NAME, Settings
 from services.erp_adapter.tables import metadata
 from shared.runtime import Runtime
-from shared.uow import UnitOfWork
+from shared.uow import unit_of_work
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     settings = settings or Settings()  # type: ignore[call-arg]
     runtime = Runtime.build(NAME, settings)
-    uow = UnitOfWork(runtime.engine, NAME, metadata)
+    uow = unit_of_work(runtime.engine, NAME, metadata)
     runtime.document_events(publishers.PUBLISHED)
     app = runtime.app(title="Spine erp_adapter", routers=[api.router])
     app.state.uow = uow

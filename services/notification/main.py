@@ -8,7 +8,7 @@ from services.notification import api, subscribers
 from services.notification.config import Settings
 from services.notification.tables import metadata
 from shared.runtime import Runtime
-from shared.uow import UnitOfWork
+from shared.uow import unit_of_work
 
 NAME = "notification"
 
@@ -17,7 +17,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     settings = settings or Settings()  # type: ignore[call-arg]
     runtime = Runtime.build(NAME, settings)
-    uow = UnitOfWork(runtime.engine, NAME, metadata)
+    uow = unit_of_work(runtime.engine, NAME, metadata)
     subscribers.register(runtime.broker, runtime.topology, uow)
     app = runtime.app(title="Spine notification", routers=[api.router])
     app.state.uow = uow

@@ -32,7 +32,7 @@ from services.order.repository import (
     SqlAlchemyReplicaRepository,
 )
 from shared.contracts.envelope import Actor
-from shared.uow import Transaction, UnitOfWork
+from shared.uow import ConnTransaction, UnitOfWork
 
 # The HTTP status a stored Idempotency-Key response replays: an order was created.
 CREATED = 201
@@ -327,7 +327,7 @@ async def _change_status(
     return order
 
 
-def _new_order(draft: OrderDraft, tx: Transaction, *, created_by: str) -> Order:
+def _new_order(draft: OrderDraft, tx: ConnTransaction, *, created_by: str) -> Order:
     return Order(
         id=uuid.uuid4(),
         status=Status.RECEIVED,
@@ -344,7 +344,7 @@ def _new_order(draft: OrderDraft, tx: Transaction, *, created_by: str) -> Order:
     )
 
 
-def _record_received(tx: Transaction, order: Order) -> None:
+def _record_received(tx: ConnTransaction, order: Order) -> None:
     tx.record(
         action="order.received",
         entity_type="order",
@@ -357,7 +357,7 @@ def _record_received(tx: Transaction, order: Order) -> None:
 
 
 def _record_status_change(
-    tx: Transaction,
+    tx: ConnTransaction,
     order: Order,
     previous: Status,
     target: Status,
@@ -376,7 +376,7 @@ def _record_status_change(
     )
 
 
-def _reject(tx: Transaction, cmd: SubmitOrder, reasons: list[str]) -> None:
+def _reject(tx: ConnTransaction, cmd: SubmitOrder, reasons: list[str]) -> None:
     # No order exists, so the audit row is about the submission: system and reference.
     tx.record(
         action="order.rejected",
@@ -391,7 +391,7 @@ def _reject(tx: Transaction, cmd: SubmitOrder, reasons: list[str]) -> None:
     ))
 
 
-def _ignore_duplicate(tx: Transaction, cmd: SubmitOrder, order_id: uuid.UUID | None) -> None:
+def _ignore_duplicate(tx: ConnTransaction, cmd: SubmitOrder, order_id: uuid.UUID | None) -> None:
     tx.record(
         action="order.submission_duplicate",
         entity_type="order",
@@ -404,7 +404,7 @@ def _ignore_duplicate(tx: Transaction, cmd: SubmitOrder, order_id: uuid.UUID | N
 
 
 def _record_replica(
-    tx: Transaction, kind: str, entity_id: str, outcome: str, *, active: bool,
+    tx: ConnTransaction, kind: str, entity_id: str, outcome: str, *, active: bool,
     details: dict[str, Any],
 ) -> None:
     tx.record(

@@ -8,14 +8,14 @@ from services.order import api, publishers, subscribers
 from services.order.config import Settings
 from services.order.tables import metadata
 from shared.runtime import Runtime
-from shared.uow import UnitOfWork
+from shared.uow import unit_of_work
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     settings = settings or Settings()
     runtime = Runtime.build("order", settings)
-    uow = UnitOfWork(runtime.engine, "order", metadata)
+    uow = unit_of_work(runtime.engine, "order", metadata)
     subscribers.register(runtime.broker, runtime.topology, uow)
     runtime.document_events(publishers.PUBLISHED)
     app = runtime.app(title="Spine order", routers=[api.router])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,16 @@ class Contract(BaseModel):
 class Actor(Contract):
     id: str = Field(min_length=1)
     role: str = Field(min_length=1)
+
+
+class ActorLike(Protocol):
+    """The wire `Actor`, or the domain's: anything that names who acted and in which role."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
 
 
 class Envelope(Contract, Generic[T]):
@@ -45,7 +55,7 @@ def new_envelope(
     type: str,
     producer: str,
     data: dict[str, Any],
-    actor: Actor,
+    actor: ActorLike,
     correlation_id: uuid.UUID | None = None,
     causation_id: uuid.UUID | None = None,
     event_id: uuid.UUID | None = None,
@@ -59,6 +69,6 @@ def new_envelope(
         "producer": producer,
         "correlation_id": str(correlation_id or uuid.uuid4()),
         "causation_id": str(causation_id) if causation_id else None,
-        "actor": actor.model_dump(),
+        "actor": {"id": actor.id, "role": actor.role},
         "data": data,
     }

@@ -35,7 +35,7 @@ from shared.db.engine import make_engine
 from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, Topology
-from shared.uow import Duplicate, UnitOfWork
+from shared.uow import Duplicate, UnitOfWork, unit_of_work
 from tests.integration.widget_schema import AUDIT, METADATA, OUTBOX, WIDGET, create_schema
 
 SERVICE = "testsvc"
@@ -71,7 +71,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 def uow(engine: AsyncEngine) -> UnitOfWork:
-    return UnitOfWork(engine, SERVICE, METADATA)
+    return unit_of_work(engine, SERVICE, METADATA)
 
 
 @pytest.fixture

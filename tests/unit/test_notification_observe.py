@@ -9,7 +9,7 @@ from services.notification import subscribers
 from services.notification.domain import AggregateRef, aggregate_of
 from services.notification.tables import metadata
 from shared.messaging.topology import CONSUMER_QUEUES, Topology
-from shared.uow import UnitOfWork
+from shared.uow import unit_of_work
 
 
 def test_a_dispatch_event_is_about_its_dispatch_not_its_order() -> None:
@@ -54,7 +54,7 @@ def test_the_service_consumes_exactly_the_queues_the_topology_table_lists() -> N
     broker = RabbitBroker()
     topology = Topology("unit")
     engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")  # never used
-    subscribers.register(broker, topology, UnitOfWork(engine, "notification", metadata))
+    subscribers.register(broker, topology, unit_of_work(engine, "notification", metadata))
     registered = sorted(
         (s.queue.name, s.queue.routing_key)  # type: ignore[attr-defined]
         for s in broker.subscribers
