@@ -8,10 +8,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.web.problems import install_problem_responses
 
 HTTP_REQUESTS = Counter(
     "spine_http_requests_total", "HTTP requests", ["service", "method", "route", "status"]
@@ -74,15 +75,8 @@ def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
 
 
 def install_error_handlers(app: FastAPI, service: str) -> None:
-    """422 bodies list each problem as `field: message`; every response is counted."""
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
+    """Every refusal answers as problem+json; every response is counted."""
+    install_problem_responses(app)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

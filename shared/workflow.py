@@ -123,9 +123,12 @@ class Decision(Generic[S, E]):
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-class Stateful(Protocol[S]):
+S_co = TypeVar("S_co", bound=StrEnum, covariant=True)
+
+
+class Stateful(Protocol[S_co]):
     @property
-    def status(self) -> S: ...
+    def status(self) -> S_co: ...
 
     @property
     def version(self) -> int: ...

@@ -1,0 +1,1 @@
+"""HTTP edges every service shares: typed dependencies, If-Match, RFC 9457 problem responses."""

@@ -1,0 +1,36 @@
+"""Typed FastAPI dependencies: the caller, the service's unit of work, the version read."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from shared.auth import ROLES, Principal, current_principal, require_roles
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+# Any of the plant's roles may read; writes check their own roles in the domain.
+ReaderDep = Annotated[Principal, Depends(require_roles(*ROLES))]
+
+
+def unit_of_work(request: Request) -> Any:
+    """The unit of work the composition root put on the app (`app.state.uow`)."""
+    return request.app.state.uow
+
+
+IfMatchHeader = Annotated[
+    str | None,
+    Header(description="the ETag (version) you read; a stale one is refused with 412"),
+]
+
+
+def parse_if_match(value: str | None, *, required: bool) -> int | None:
+    """The version an `If-Match` header names; 428 when required and missing, 400 when not a version."""
+    if value is None:
+        if required:
+            raise HTTPException(428, "If-Match is required: send the ETag (version) you last read")
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise HTTPException(400, f"If-Match {value!r} is not a version")
+    return int(text)
