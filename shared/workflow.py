@@ -67,15 +67,6 @@ class InvalidInput(Refusal):
 
 S = TypeVar("S", bound=StrEnum)
 E = TypeVar("E")
-E_contra = TypeVar("E_contra", contravariant=True)
-
-
-class EvidenceCheck(Protocol[E_contra]):
-    def __call__(
-        self, entity: E_contra, evidence: Mapping[str, Any], roles: frozenset[str]
-    ) -> dict[str, Any]:
-        """The evidence normalised for storage; raises `InvalidInput` listing every problem."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +84,9 @@ class Evidence(Generic[E]):
 
     name: str
     shape: str
-    check: EvidenceCheck[E]
+    # (entity, evidence, caller's roles) → the evidence normalised for storage; raises
+    # `InvalidInput` listing every problem.
+    check: Callable[[E, Mapping[str, Any], frozenset[str]], dict[str, Any]]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,31 @@
-"""Dispatch domain: the transition table, the rules that decide a transition, domain errors. No I/O."""
+"""Dispatch domain: the aggregate, its workflow table, its domain events. No I/O.
+
+Imports only the standard library and the project's own stdlib-only kernel (`shared.workflow`,
+`shared.domain`), which every domain shares so that the table's shape is written once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
+
+from shared.domain import Actor, Aggregate, AuditFact, DomainEvent
+from shared.workflow import (
+    SYSTEM,
+    Evidence,
+    Forbidden,
+    Guard,
+    InvalidInput,
+    NotAllowedFromState,
+    Rule,
+    Workflow,
+)
+
+ENTITY = "dispatch"
 
 
 class Status(StrEnum):
@@ -21,105 +40,13 @@ class Status(StrEnum):
 
 OPEN_STATES = frozenset({Status.PENDING, Status.RELEASED, Status.PICKING, Status.PACKED})
 HOLD_ROLES = frozenset({"planner", "warehouse", "shipping", "supervisor"})
+# Not a role anyone's token carries: the caller owns an exception on this dispatch.
+EXCEPTION_OWNER = "exception_owner"
+# The dispatch service acting on its own (order.confirmed, order.cancelled).
+SYSTEM_ACTOR = Actor(id="dispatch", role=SYSTEM)
 
 
-class Evidence(StrEnum):
-    NONE = "none"
-    PACKED_LINES = "packed_lines"  # {"lines": [{"line_no", "quantity"}]}
-    SHIPMENT = "shipment"  # {"carrier", "tracking_number"}
-    HOLD = "hold"  # {"reason_code", "owner", "due_at"}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One allowed edge of the workflow: who may take it and what it needs."""
-
-    source: Status
-    target: Status
-    roles: frozenset[str]
-    evidence: Evidence = Evidence.NONE
-    reason_required: bool = False
-    four_eyes: bool = False
-    guard: str = ""
-
-
-def _rule(source: Status, target: Status, roles: set[str], **kw: Any) -> Rule:
-    return Rule(source, target, frozenset(roles), **kw)
-
-
-# The workflow as data (DESIGN.md). API permissions, the audit trail, notification event names
-# and the tests all read this one table.
-TRANSITIONS: dict[tuple[Status, Status], Rule] = {
-    (r.source, r.target): r
-    for r in [
-        _rule(Status.PENDING, Status.RELEASED, {"planner"}, guard="no open blocking exception"),
-        _rule(Status.RELEASED, Status.PICKING, {"warehouse"}),
-        _rule(Status.PICKING, Status.PACKED, {"warehouse"}, evidence=Evidence.PACKED_LINES,
-              guard="a short line needs an open exception or a supervisor"),
-        _rule(Status.PACKED, Status.SHIPPED, {"shipping"}, evidence=Evidence.SHIPMENT),
-        *(
-            _rule(s, Status.ON_HOLD, set(HOLD_ROLES), evidence=Evidence.HOLD,
-                  reason_required=True)
-            for s in sorted(OPEN_STATES)
-        ),
-        *(
-            _rule(Status.ON_HOLD, s, {"supervisor", "exception_owner"},
-                  guard="returns to the state it left; all blocking exceptions resolved")
-            for s in sorted(OPEN_STATES)
-        ),
-        _rule(Status.PENDING, Status.CANCELLED, {"supervisor", "system"}, reason_required=True),
-        _rule(Status.RELEASED, Status.CANCELLED, {"supervisor", "system"}, reason_required=True),
-        _rule(Status.PICKING, Status.CANCELLED, {"supervisor"}, reason_required=True,
-              four_eyes=True),
-        _rule(Status.PACKED, Status.CANCELLED, {"supervisor"}, reason_required=True,
-              four_eyes=True),
-    ]
-}
-
-
-def roles_for_target(target: Status) -> frozenset[str]:
-    """Every role that may move some dispatch into `target` (for a 403 before state is read)."""
-    return frozenset().union(*(r.roles for r in TRANSITIONS.values() if r.target == target))
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-class DispatchError(Exception):
-    """Base of the domain's refusals; each maps to one HTTP status at the edge."""
-
-
-class NotFound(DispatchError):
-    pass
-
-
-class Forbidden(DispatchError):
-    pass
-
-
-class StaleVersion(DispatchError):
-    pass
-
-
-class NotAllowedFromState(DispatchError):
-    pass
-
-
-class GuardFailed(DispatchError):
-    pass
-
-
-class InvalidEvidence(DispatchError):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-class ApprovalRequired(DispatchError):
-    pass
-
-
-# ---------------------------------------------------------------------------- entity
+# ---------------------------------------------------------------------------- the aggregate
 
 
 @dataclass(frozen=True)
@@ -130,8 +57,22 @@ class Line:
     uom: str
 
 
+@dataclass(frozen=True)
+class OrderSnapshot:
+    """What `order.confirmed` says of the order: the dispatch keeps it as its own copy."""
+
+    order_id: str
+    external_ref: str | None
+    source: str | None
+    customer_id: str
+    requested_ship_date: Any
+    priority: str
+    ship_to: dict[str, Any]
+    lines: list[dict[str, Any]]
+
+
 @dataclass
-class Dispatch:
+class Dispatch(Aggregate):
     id: str
     order_id: str
     status: Status
@@ -142,113 +83,181 @@ class Dispatch:
     open_blocking_exceptions: int = 0
     exception_owners: frozenset[str] = field(default_factory=frozenset)
     facts: dict[str, Any] = field(default_factory=dict)
-    correlation_id: Any = None  # carried through, never decided on
+    correlation_id: Any = None  # the order journey's: carried through, never decided on
+    order: OrderSnapshot | None = None  # set on a new dispatch only, for its first write
+
+    @classmethod
+    def open_for(cls, order: OrderSnapshot, *, dispatch_id: str, correlation_id: Any) -> Dispatch:
+        """The one dispatch of a confirmed order, as the table's creation edge allows."""
+        WORKFLOW.decide_creation(Status.PENDING, roles=frozenset({SYSTEM}))
+        created = cls(
+            id=dispatch_id, order_id=order.order_id, status=Status.PENDING, version=1,
+            lines=[_line(x) for x in order.lines], correlation_id=correlation_id, order=order,
+        )
+        created.record(DispatchCreated(dispatch_id=dispatch_id, order_id=order.order_id,
+                                       version=1, status=Status.PENDING))
+        return created
+
+    def move(
+        self,
+        target: Status,
+        *,
+        actor_id: str,
+        roles: frozenset[str],
+        expected_version: int | None,
+        reason: str = "",
+        evidence: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Take one edge of the table, or raise the refusal that applies (nothing changes)."""
+        if actor_id in self.exception_owners:
+            roles = roles | {EXCEPTION_OWNER}
+        decision = WORKFLOW.decide(self, target, roles=roles, expected_version=expected_version,
+                                   reason=reason, evidence=evidence)
+        source = self.status
+        self.held_from = source if target == Status.ON_HOLD else None
+        self.status = target
+        self.version += 1
+        self.facts = {**self.facts, **_facts_of(decision.rule.evidence, decision.evidence)}
+        self.record(DispatchMoved(
+            dispatch_id=self.id, order_id=self.order_id, version=self.version,
+            from_status=source, status=target, reason=reason, evidence=decision.evidence,
+            short_lines=_short_lines(self, decision.evidence),
+            actor=Actor(id=actor_id, role=decision.acting_role),
+        ))
+
+    def cancel_for_order(self, reason: str) -> None:
+        """The order was cancelled: cancel as the system if the table lets it, else say why not."""
+        try:
+            self.move(Status.CANCELLED, actor_id=SYSTEM_ACTOR.id, roles=frozenset({SYSTEM}),
+                      expected_version=None, reason=reason.strip() or "order cancelled")
+        except (Forbidden, NotAllowedFromState):
+            self.record(DispatchCancelRefused(
+                dispatch_id=self.id, status=self.status,
+                reason=f"order cancelled while dispatch is {self.status}: "
+                       "a supervisor must cancel it with a second approval",
+            ))
 
 
-@dataclass(frozen=True)
-class Decision:
-    """An accepted transition: the rule taken and the evidence, normalised for storage."""
+def _line(raw: Mapping[str, Any]) -> Line:
+    return Line(int(raw["line_no"]), raw["product_id"], Decimal(str(raw["quantity"])), raw["uom"])
 
-    rule: Rule
+
+def _facts_of(kind: Evidence[Dispatch] | None, evidence: dict[str, Any]) -> dict[str, Any]:
+    """What a transition's evidence leaves on the dispatch."""
+    if kind is PACKED_LINES:
+        return {"packed_lines": evidence["lines"]}
+    if kind is SHIPMENT:
+        return {"carrier": evidence["carrier"], "tracking_number": evidence["tracking_number"]}
+    if kind is HOLD:
+        return {"hold_reason_code": evidence["reason_code"], "hold_owner": evidence["owner"],
+                "hold_due_at": evidence["due_at"]}
+    return {}
+
+
+def _short_lines(dispatch: Dispatch, evidence: dict[str, Any]) -> list[int]:
+    ordered = {line.line_no: line.quantity for line in dispatch.lines}
+    return sorted(int(x["line_no"]) for x in evidence.get("lines", [])
+                  if Decimal(x["quantity"]) < ordered[int(x["line_no"])])
+
+
+# ---------------------------------------------------------------------------- domain events
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatchCreated(DomainEvent):
+    dispatch_id: str
+    order_id: str
+    version: int
+    status: Status
+
+    def audit(self) -> AuditFact:
+        return AuditFact(action="dispatch.created", entity_type=ENTITY, entity_id=self.dispatch_id,
+                         to_state=self.status, details={"order_id": self.order_id, "version": 1})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatchMoved(DomainEvent):
+    dispatch_id: str
+    order_id: str
+    version: int
+    from_status: Status
+    status: Status
+    reason: str
     evidence: dict[str, Any]
     short_lines: list[int]
+    actor: Actor | None = None
 
-
-def decide(
-    dispatch: Dispatch,
-    target: Status,
-    *,
-    roles: frozenset[str],
-    actor_id: str,
-    expected_version: int,
-    reason: str = "",
-    evidence: dict[str, Any] | None = None,
-) -> Decision:
-    """Check one requested transition against the table; raise the first refusal that applies."""
-    evidence = evidence or {}
-    if not roles & (roles_for_target(target) | {"exception_owner"}) and "system" not in roles:
-        raise Forbidden(f"no role of {sorted(roles)} may move a dispatch to {target}")
-    if expected_version != dispatch.version:
-        raise StaleVersion(
-            f"dispatch {dispatch.id} is at version {dispatch.version}, not {expected_version}"
+    def audit(self) -> AuditFact:
+        return AuditFact(
+            action=f"dispatch.{self.status}", entity_type=ENTITY, entity_id=self.dispatch_id,
+            from_state=self.from_status, to_state=self.status, reason=self.reason or None,
+            details={"version": self.version, "evidence": self.evidence,
+                     "short_lines": self.short_lines},
         )
-    rule = TRANSITIONS.get((dispatch.status, target))
-    if rule is None:
-        raise NotAllowedFromState(f"cannot go from {dispatch.status} to {target}")
-    effective = set(roles)
-    if actor_id in dispatch.exception_owners:
-        effective.add("exception_owner")
-    if not rule.roles & effective:
-        raise Forbidden(
-            f"{dispatch.status} → {target} needs one of {sorted(rule.roles)}; "
-            f"caller has {sorted(roles)}"
-        )
-    if rule.reason_required and not reason.strip():
-        raise InvalidEvidence([f"a reason is required for {dispatch.status} → {target}"])
-    if rule.four_eyes:
-        raise ApprovalRequired(
-            f"{dispatch.status} → {target} needs a second supervisor's approval"
-        )
-    _check_guard(dispatch, rule)
-    normalised, short = _check_evidence(dispatch, rule, evidence, roles)
-    return Decision(rule=rule, evidence=normalised, short_lines=short)
 
 
-def _check_guard(dispatch: Dispatch, rule: Rule) -> None:
-    if (rule.source, rule.target) == (Status.PENDING, Status.RELEASED) and (
-        dispatch.open_blocking_exceptions
-    ):
-        raise GuardFailed(
-            f"{dispatch.open_blocking_exceptions} open blocking exception(s) must be resolved"
-        )
-    if rule.source == Status.ON_HOLD:
-        if rule.target != dispatch.held_from:
-            raise NotAllowedFromState(
-                f"an on-hold dispatch returns to {dispatch.held_from}, not {rule.target}"
-            )
-        if dispatch.open_blocking_exceptions:
-            raise GuardFailed(
-                f"{dispatch.open_blocking_exceptions} open blocking exception(s) must be resolved"
-            )
+@dataclass(frozen=True, kw_only=True)
+class DispatchCancelRefused(DomainEvent):
+    """order.cancelled arrived too late for the system to cancel: left for a supervisor."""
+
+    dispatch_id: str
+    status: Status
+    reason: str
+
+    def audit(self) -> AuditFact:
+        return AuditFact(action="dispatch.cancel_refused", entity_type=ENTITY,
+                         entity_id=self.dispatch_id, from_state=self.status,
+                         to_state=self.status, reason=self.reason)
 
 
-def _check_evidence(
-    dispatch: Dispatch, rule: Rule, evidence: dict[str, Any], roles: frozenset[str]
-) -> tuple[dict[str, Any], list[int]]:
-    if rule.evidence == Evidence.PACKED_LINES:
-        return _packed_lines(dispatch, evidence, roles)
-    if rule.evidence == Evidence.SHIPMENT:
-        problems = [
-            f"evidence.{key} is required (non-empty text)"
-            for key in ("carrier", "tracking_number")
-            if not isinstance(evidence.get(key), str) or not evidence[key].strip()
-        ]
-        if problems:
-            raise InvalidEvidence(problems)
-        return {k: evidence[k].strip() for k in ("carrier", "tracking_number")}, []
-    if rule.evidence == Evidence.HOLD:
-        problems = [
-            f"evidence.{key} is required"
-            for key in ("reason_code", "owner", "due_at")
-            if not isinstance(evidence.get(key), str) or not evidence[key].strip()
-        ]
-        if not problems:
-            try:
-                datetime.fromisoformat(evidence["due_at"].replace("Z", "+00:00"))
-            except ValueError:
-                problems.append("evidence.due_at must be an ISO 8601 date-time")
-        if problems:
-            raise InvalidEvidence(problems)
-        return {k: evidence[k].strip() for k in ("reason_code", "owner", "due_at")}, []
-    return {}, []
+# ---------------------------------------------------------------------------- guards, evidence
+
+
+def _no_open_blocking_exception(dispatch: Dispatch) -> str | None:
+    if dispatch.open_blocking_exceptions:
+        return f"{dispatch.open_blocking_exceptions} open blocking exception(s) must be resolved"
+    return None
+
+
+def _returns_to_the_state_it_left(target: Status) -> Guard[Dispatch]:
+    def check(dispatch: Dispatch) -> str | None:
+        if dispatch.held_from != target:
+            return f"an on-hold dispatch returns to {dispatch.held_from}, not {target}"
+        return None
+
+    return Guard("returns to the state it left", check, refusal=NotAllowedFromState)
+
+
+NO_OPEN_BLOCKING_EXCEPTION = Guard("no open blocking exception", _no_open_blocking_exception)
+
+
+def _text_fields(evidence: Mapping[str, Any], keys: tuple[str, ...], *, required: str) -> dict[str, Any]:
+    problems = [f"evidence.{key} is required{required}" for key in keys
+                if not isinstance(evidence.get(key), str) or not evidence[key].strip()]
+    if problems:
+        raise InvalidInput(problems)
+    return {key: evidence[key].strip() for key in keys}
+
+
+def _shipment(_: Dispatch, evidence: Mapping[str, Any], __: frozenset[str]) -> dict[str, Any]:
+    return _text_fields(evidence, ("carrier", "tracking_number"), required=" (non-empty text)")
+
+
+def _hold(_: Dispatch, evidence: Mapping[str, Any], __: frozenset[str]) -> dict[str, Any]:
+    stored = _text_fields(evidence, ("reason_code", "owner", "due_at"), required="")
+    try:
+        datetime.fromisoformat(stored["due_at"].replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(["evidence.due_at must be an ISO 8601 date-time"]) from None
+    return stored
 
 
 def _packed_lines(
-    dispatch: Dispatch, evidence: dict[str, Any], roles: frozenset[str]
-) -> tuple[dict[str, Any], list[int]]:
+    dispatch: Dispatch, evidence: Mapping[str, Any], roles: frozenset[str]
+) -> dict[str, Any]:
     given = evidence.get("lines")
     if not isinstance(given, list) or not given:
-        raise InvalidEvidence(["evidence.lines must list the packed quantity of every line"])
+        raise InvalidInput(["evidence.lines must list the packed quantity of every line"])
     ordered = {line.line_no: line for line in dispatch.lines}
     packed: dict[int, Decimal] = {}
     problems: list[str] = []
@@ -279,11 +288,43 @@ def _packed_lines(
     if missing:
         problems.append(f"lines {missing} have no packed quantity")
     if problems:
-        raise InvalidEvidence(problems)
+        raise InvalidInput(problems)
     short = sorted(n for n, q in packed.items() if q < ordered[n].quantity)
     if short and not dispatch.open_exceptions and "supervisor" not in roles:
-        raise InvalidEvidence(
+        raise InvalidInput(
             [f"lines {short} are short: open an exception first or have a supervisor pack them"]
         )
-    lines = [{"line_no": n, "quantity": str(packed[n])} for n in sorted(packed)]
-    return {"lines": lines}, short
+    return {"lines": [{"line_no": n, "quantity": str(packed[n])} for n in sorted(packed)]}
+
+
+PACKED_LINES: Evidence[Dispatch] = Evidence(
+    "packed lines", '{"lines": [{"line_no", "quantity"}]}', _packed_lines)
+SHIPMENT: Evidence[Dispatch] = Evidence("shipment", '{"carrier", "tracking_number"}', _shipment)
+HOLD: Evidence[Dispatch] = Evidence("hold", '{"reason_code", "owner", "due_at"}', _hold)
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+def _rule(source: Status | None, target: Status, roles: set[str], **kw: Any) -> Rule[Status, Dispatch]:
+    return Rule(source, target, frozenset(roles), **kw)
+
+
+# The workflow as data (DESIGN.md). API permissions, the audit trail, event names and the
+# tests all read this one table.
+WORKFLOW: Workflow[Status, Dispatch] = Workflow(ENTITY, [
+    _rule(None, Status.PENDING, {SYSTEM}),  # (order.confirmed): exactly one dispatch per order
+    _rule(Status.PENDING, Status.RELEASED, {"planner"}, guards=(NO_OPEN_BLOCKING_EXCEPTION,)),
+    _rule(Status.RELEASED, Status.PICKING, {"warehouse"}),
+    _rule(Status.PICKING, Status.PACKED, {"warehouse"}, evidence=PACKED_LINES),
+    _rule(Status.PACKED, Status.SHIPPED, {"shipping"}, evidence=SHIPMENT),
+    *(_rule(s, Status.ON_HOLD, set(HOLD_ROLES), evidence=HOLD, reason_required=True)
+      for s in sorted(OPEN_STATES)),
+    *(_rule(Status.ON_HOLD, s, {"supervisor", EXCEPTION_OWNER},
+            guards=(_returns_to_the_state_it_left(s), NO_OPEN_BLOCKING_EXCEPTION))
+      for s in sorted(OPEN_STATES)),
+    _rule(Status.PENDING, Status.CANCELLED, {"supervisor", SYSTEM}, reason_required=True),
+    _rule(Status.RELEASED, Status.CANCELLED, {"supervisor", SYSTEM}, reason_required=True),
+    _rule(Status.PICKING, Status.CANCELLED, {"supervisor"}, reason_required=True, approval="cancel"),
+    _rule(Status.PACKED, Status.CANCELLED, {"supervisor"}, reason_required=True, approval="cancel"),
+])

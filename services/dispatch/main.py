@@ -6,21 +6,19 @@ from fastapi import FastAPI
 
 from services.dispatch import api, publishers, subscribers
 from services.dispatch.config import Settings
-from services.dispatch.tables import metadata
+from services.dispatch.unit_of_work import NAME, sql_unit_of_work
 from shared.runtime import Runtime
-from shared.uow import unit_of_work
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     settings = settings or Settings()  # type: ignore[call-arg]
-    runtime = Runtime.build("dispatch", settings)
-    uow = unit_of_work(runtime.engine, "dispatch", metadata)
+    runtime = Runtime.build(NAME, settings)
+    uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow)
     runtime.document_events(publishers.PUBLISHED)
     app = runtime.app(title="Spine dispatch", routers=[api.router])
     app.state.uow = uow
-    api.install_domain_errors(app)
     return runtime, app
 
 

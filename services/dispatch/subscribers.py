@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from faststream.rabbit import RabbitBroker
 
-from services.dispatch import handlers
+from services.dispatch.domain import OrderSnapshot
+from services.dispatch.handlers import CancelForOrder, CreateDispatch, handle
+from services.dispatch.unit_of_work import DispatchUnitOfWork
 from shared.contracts.envelope import Envelope
 from shared.contracts.order import OrderCancelled, OrderConfirmed
 from shared.messaging.topology import Topology, consumer_queue
-from shared.uow import UnitOfWork
 
 SERVICE = "dispatch"
 
 
-def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
+def register(broker: RabbitBroker, topology: Topology, uow: DispatchUnitOfWork) -> None:
     """Subscribe the dispatch service's consumers, one quorum queue per purpose."""
     confirmed_queue = consumer_queue(topology, SERVICE, "order-confirmed")
     cancelled_queue = consumer_queue(topology, SERVICE, "order-cancelled")
@@ -22,11 +23,11 @@ def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
     async def on_order_confirmed(event: Envelope[OrderConfirmed]) -> None:
         """An order was confirmed: open its one dispatch."""
         order = event.data
-        await handlers.create_dispatch(
-            handlers.CreateDispatch(
-                event_id=str(event.event_id),
-                consumer=confirmed_queue.name,
-                correlation_id=event.correlation_id,
+        await handle(CreateDispatch(
+            event_id=str(event.event_id),
+            consumer=confirmed_queue.name,
+            correlation_id=event.correlation_id,
+            order=OrderSnapshot(
                 order_id=order.order_id,
                 external_ref=order.external_ref,
                 source=order.source,
@@ -36,19 +37,15 @@ def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
                 ship_to=order.ship_to.model_dump(mode="json"),
                 lines=[line.model_dump(mode="json") for line in order.lines],
             ),
-            uow,
-        )
+        ), uow)
 
     @broker.subscriber(cancelled_queue, topology.events, title="dispatch/order.cancelled")
     async def on_order_cancelled(event: Envelope[OrderCancelled]) -> None:
         """An order was cancelled: cancel its dispatch where the workflow lets the system."""
-        await handlers.cancel_for_order(
-            handlers.CancelForOrder(
-                event_id=str(event.event_id),
-                consumer=cancelled_queue.name,
-                correlation_id=event.correlation_id,
-                order_id=event.data.order_id,
-                reason=event.data.reason,
-            ),
-            uow,
-        )
+        await handle(CancelForOrder(
+            event_id=str(event.event_id),
+            consumer=cancelled_queue.name,
+            correlation_id=event.correlation_id,
+            order_id=event.data.order_id,
+            reason=event.data.reason,
+        ), uow)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import ROLES, Principal, current_principal, require_roles
 
@@ -16,6 +17,15 @@ ReaderDep = Annotated[Principal, Depends(require_roles(*ROLES))]
 def unit_of_work(request: Request) -> Any:
     """The unit of work the composition root put on the app (`app.state.uow`)."""
     return request.app.state.uow
+
+
+def engine(request: Request) -> AsyncEngine:
+    """The service's engine, for reads (`views.py`)."""
+    found: AsyncEngine = request.app.state.runtime.engine
+    return found
+
+
+EngineDep = Annotated[AsyncEngine, Depends(engine)]
 
 
 IfMatchHeader = Annotated[

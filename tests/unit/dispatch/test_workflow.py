@@ -8,17 +8,21 @@ from decimal import Decimal
 import pytest
 
 from services.dispatch.domain import (
-    TRANSITIONS,
-    ApprovalRequired,
+    EXCEPTION_OWNER,
+    WORKFLOW,
     Dispatch,
+    DispatchMoved,
+    Line,
+    Status,
+)
+from shared.workflow import (
+    SYSTEM,
+    ApprovalRequired,
     Forbidden,
     GuardFailed,
-    InvalidEvidence,
-    Line,
+    InvalidInput,
     NotAllowedFromState,
     StaleVersion,
-    Status,
-    decide,
 )
 
 ROLES = ["sales", "planner", "warehouse", "shipping", "supervisor", "integration", "ops"]
@@ -58,11 +62,37 @@ def a_dispatch(status: Status, *, held_from: Status | None = None, version: int 
     )
 
 
+def decide(dispatch: Dispatch, target: Status, *, roles: frozenset[str], actor_id: str,
+           expected_version: int, reason: str = "", evidence: dict[str, object] | None = None
+           ) -> DispatchMoved:
+    """Ask the aggregate to move; the event it recorded says what was decided."""
+    dispatch.move(target, actor_id=actor_id, roles=roles, expected_version=expected_version,
+                  reason=reason, evidence=evidence)
+    [event] = dispatch.pull_events()
+    assert isinstance(event, DispatchMoved)
+    return event
+
+
 def test_the_table_holds_exactly_the_edges_of_the_design() -> None:
-    actual = {edge: set(rule.roles) - {"system", "exception_owner"}
-              for edge, rule in TRANSITIONS.items()}
+    actual = {edge: set(rule.roles) - {SYSTEM, EXCEPTION_OWNER}
+              for edge, rule in WORKFLOW.rules.items() if edge[0] is not None}
     assert actual == EXPECTED
-    assert {edge for edge, rule in TRANSITIONS.items() if rule.four_eyes} == FOUR_EYES
+    assert {edge for edge, rule in WORKFLOW.rules.items() if rule.approval} == FOUR_EYES
+
+
+def test_a_dispatch_is_created_only_by_the_system_and_only_as_pending() -> None:
+    assert [edge for edge in WORKFLOW.rules if edge[0] is None] == [(None, Status.PENDING)]
+    creation = WORKFLOW.rule(None, Status.PENDING)
+    assert creation is not None and creation.roles == {SYSTEM}
+    with pytest.raises(Forbidden):
+        WORKFLOW.decide_creation(Status.PENDING, roles=frozenset({"supervisor"}))
+
+
+def test_only_the_system_may_cancel_without_a_person_and_only_before_picking() -> None:
+    system_cancels = {edge for edge, rule in WORKFLOW.rules.items()
+                      if SYSTEM in rule.roles and edge[1] == Status.CANCELLED}
+    assert system_cancels == {(Status.PENDING, Status.CANCELLED),
+                              (Status.RELEASED, Status.CANCELLED)}
 
 
 @pytest.mark.parametrize(
@@ -97,8 +127,9 @@ def test_every_state_target_and_role_is_decided_as_the_design_says(
         with pytest.raises(ApprovalRequired):
             attempt()
     else:
-        decision = attempt()
-        assert decision.rule.source == state and decision.rule.target == target  # type: ignore[attr-defined]
+        moved = attempt()
+        assert (moved.from_status, moved.status) == (state, target)
+        assert (dispatch.status, dispatch.version) == (target, 4)
 
 
 def test_a_transition_names_the_version_it_read() -> None:
@@ -125,12 +156,12 @@ def test_an_on_hold_dispatch_returns_only_to_the_state_it_left() -> None:
 def test_the_owner_of_a_hold_may_resume_the_dispatch_without_being_supervisor() -> None:
     dispatch = a_dispatch(Status.ON_HOLD, held_from=Status.PICKING)
     dispatch.exception_owners = frozenset({"u-7"})
-    decision = decide(dispatch, Status.PICKING, roles=frozenset({"warehouse"}), actor_id="u-7",
-                      expected_version=3)
-    assert decision.rule.target == Status.PICKING
     with pytest.raises(Forbidden):
         decide(dispatch, Status.PICKING, roles=frozenset({"warehouse"}), actor_id="u-8",
                expected_version=3)
+    moved = decide(dispatch, Status.PICKING, roles=frozenset({"warehouse"}), actor_id="u-7",
+                   expected_version=3)
+    assert moved.status == Status.PICKING
 
 
 @pytest.mark.parametrize(
@@ -147,21 +178,21 @@ def test_the_owner_of_a_hold_may_resume_the_dispatch_without_being_supervisor() 
     ],
 )
 def test_packing_evidence_must_account_for_every_line(lines: list[object], problem: str) -> None:
-    with pytest.raises(InvalidEvidence, match=problem):
+    with pytest.raises(InvalidInput, match=problem):
         decide(a_dispatch(Status.PICKING), Status.PACKED, roles=frozenset({"warehouse"}),
                actor_id="u-1", expected_version=3, evidence={"lines": lines})
 
 
 def test_a_short_line_needs_an_open_exception_or_a_supervisor() -> None:
     short = {"lines": [{"line_no": 1, "quantity": "4"}, {"line_no": 2, "quantity": "2.5"}]}
-    with pytest.raises(InvalidEvidence, match="short"):
+    with pytest.raises(InvalidInput, match="short"):
         decide(a_dispatch(Status.PICKING), Status.PACKED, roles=frozenset({"warehouse"}),
                actor_id="u-1", expected_version=3, evidence=short)
     with_exception = a_dispatch(Status.PICKING)
     with_exception.open_exceptions = 1
-    decision = decide(with_exception, Status.PACKED, roles=frozenset({"warehouse"}),
-                      actor_id="u-1", expected_version=3, evidence=short)
-    assert decision.short_lines == [1]
+    moved = decide(with_exception, Status.PACKED, roles=frozenset({"warehouse"}),
+                   actor_id="u-1", expected_version=3, evidence=short)
+    assert moved.short_lines == [1]
     by_supervisor = decide(a_dispatch(Status.PICKING), Status.PACKED,
                            roles=frozenset({"warehouse", "supervisor"}), actor_id="u-2",
                            expected_version=3, evidence=short)
@@ -172,17 +203,17 @@ def test_a_short_line_needs_an_open_exception_or_a_supervisor() -> None:
 def test_shipping_needs_carrier_and_tracking_number(missing: str) -> None:
     evidence = dict(GOOD_EVIDENCE[Status.SHIPPED])
     evidence[missing] = "  "
-    with pytest.raises(InvalidEvidence, match=missing):
+    with pytest.raises(InvalidInput, match=missing):
         decide(a_dispatch(Status.PACKED), Status.SHIPPED, roles=frozenset({"shipping"}),
                actor_id="u-1", expected_version=3, evidence=evidence)
 
 
 def test_cancelling_needs_a_reason() -> None:
-    with pytest.raises(InvalidEvidence, match="reason"):
+    with pytest.raises(InvalidInput, match="reason"):
         decide(a_dispatch(Status.PENDING), Status.CANCELLED, roles=frozenset({"supervisor"}),
                actor_id="u-1", expected_version=3, reason=" ")
 
 
 def test_shipped_and_cancelled_are_terminal() -> None:
     for state in (Status.SHIPPED, Status.CANCELLED):
-        assert not [edge for edge in TRANSITIONS if edge[0] == state]
+        assert not [edge for edge in WORKFLOW.rules if edge[0] == state]

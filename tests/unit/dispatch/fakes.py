@@ -1,0 +1,48 @@
+"""The dispatch service's repository and transaction, in memory."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from services.dispatch import publishers
+from services.dispatch.domain import Dispatch
+from services.dispatch.unit_of_work import DispatchTransaction
+from tests.unit.fakes import FakeStore, FakeTransaction, FakeUnitOfWork
+
+
+class FakeDispatchRepository:
+    def __init__(self, store: FakeStore[str, Dispatch], tx: DispatchTransaction) -> None:
+        self.store = store
+        self.tx = tx
+
+    async def add(self, entity: Dispatch) -> bool:
+        if any(d.order_id == entity.order_id for d in self.store.values()):
+            return False
+        self.store.stage(entity.id, entity)
+        self.tx.track(entity)
+        return True
+
+    async def get(self, dispatch_id: uuid.UUID, *, for_update: bool = False) -> Dispatch | None:
+        found = self.store.read(str(dispatch_id))
+        return self.tx.track(found) if found else None
+
+    async def get_by_order(self, order_id: str, *, for_update: bool = False) -> Dispatch | None:
+        found = next((d for d in self.store.values() if d.order_id == order_id), None)
+        return self.tx.track(found) if found else None
+
+    async def save(self, entity: Dispatch) -> None:
+        self.store.stage(entity.id, entity)
+
+
+def fake_unit_of_work() -> tuple[FakeUnitOfWork[Any], FakeStore[str, Dispatch]]:
+    """A fake unit of work over one in-memory store of dispatches (returned to inspect)."""
+    store: FakeStore[str, Dispatch] = FakeStore()
+
+    class Tx(FakeTransaction, DispatchTransaction):
+        def __init__(self, **context: Any) -> None:
+            super().__init__(**context)
+            self.dispatches = FakeDispatchRepository(store, self)
+            self.stores = (store,)
+
+    return FakeUnitOfWork(Tx, publishers.to_wire), store
