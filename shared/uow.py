@@ -238,7 +238,7 @@ class ConnTransaction(Transaction):
 
 class _Recorded(DomainEvent):
     def __init__(self, fact: AuditFact, actor: ActorLike | None) -> None:
-        self.fact, self.actor = fact, actor  # type: ignore[assignment]
+        self.fact, self.actor = fact, actor
 
     def audit(self) -> AuditFact:
         return self.fact
@@ -246,10 +246,10 @@ class _Recorded(DomainEvent):
 
 class _Emitted(DomainEvent):
     def __init__(self, wire: WireEvent, actor: ActorLike | None) -> None:
-        self.wire, self.actor = wire, actor  # type: ignore[assignment]
+        self.wire, self.actor = wire, actor
         self.event_id = uuid.uuid4()
 
-    def audit(self) -> None:  # type: ignore[override]
+    def audit(self) -> None:
         return None
 
 
