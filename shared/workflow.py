@@ -63,6 +63,10 @@ class InvalidInput(Refusal):
         super().__init__(detail or "; ".join(self.problems), **extra)
 
 
+class UnsupportedFormat(InvalidInput):
+    """What was sent is in a format this service does not read at all (not merely wrong)."""
+
+
 # ---------------------------------------------------------------------------- the table
 
 S = TypeVar("S", bound=StrEnum)

@@ -6,30 +6,32 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import (
-    APIRouter,
-    Depends,
-    FastAPI,
-    File,
-    Form,
-    HTTPException,
-    Query,
-    Request,
-    UploadFile,
-)
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from pydantic import BaseModel
 
-from services.erp_adapter import handlers
+from services.erp_adapter import views
 from services.erp_adapter.config import Settings
-from services.erp_adapter.domain import ExportFileError, Format, Kind, UnsupportedFormat
-from services.erp_adapter.repository import fetch_run, list_log, list_runs
+from services.erp_adapter.domain import Format, Kind
+from services.erp_adapter.handlers import ImportExport, ImportOutcome, handle
+from services.erp_adapter.unit_of_work import ErpUnitOfWork
 from shared.auth import Principal, require_roles
-from shared.uow import UnitOfWork
+from shared.web.deps import EngineDep, unit_of_work
+from shared.web.problems import responses
 
 router = APIRouter(tags=["erp"])
-Importer = Annotated[Principal, Depends(require_roles("integration"))]
-Reader = Annotated[Principal, Depends(require_roles("integration", "ops"))]
+UowDep = Annotated[ErpUnitOfWork, Depends(unit_of_work)]
+# Only the integration role feeds master data in; ops may also read what crossed the boundary.
+ImporterDep = Annotated[Principal, Depends(require_roles("integration"))]
+IntegrationReaderDep = Annotated[Principal, Depends(require_roles("integration", "ops"))]
+
+
+def settings(request: Request) -> Settings:
+    """The service's settings (upload limit, batch size)."""
+    found: Settings = request.app.state.runtime.settings
+    return found
+
+
+SettingsDep = Annotated[Settings, Depends(settings)]
 
 
 class RowErrorOut(BaseModel):
@@ -85,42 +87,34 @@ class LogEntryOut(BaseModel):
     correlation_id: uuid.UUID | None
 
 
-def _uow(request: Request) -> UnitOfWork:
-    return request.app.state.uow  # type: ignore[no-any-return]
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.runtime.settings  # type: ignore[no-any-return]
-
-
 @router.post(
     "/imports",
     response_model=ImportReportOut,
     summary="Import customers or products from an ERP export (CSV or JSON)",
-    responses={413: {}, 415: {}, 422: {}},
+    responses=responses(401, 403, 413, 415, 422),
 )
 async def post_import(
-    request: Request,
-    principal: Importer,
+    uow: UowDep,
+    config: SettingsDep,
+    principal: ImporterDep,
     file: Annotated[UploadFile, File(description="the export: CSV with a header, or JSON")],
     kind: Annotated[Kind | None, Form(description="customers or products; else detected")] = None,
     dry_run: Annotated[bool, Form(description="check and count, write nothing")] = False,
 ) -> dict[str, Any]:
     """Rows that fail their checks are reported and skipped; the good ones are imported."""
-    settings = _settings(request)
-    content = await file.read(settings.import_max_bytes + 1)
-    if len(content) > settings.import_max_bytes:
-        raise HTTPException(413, f"the file is larger than {settings.import_max_bytes} bytes")
-    outcome = await handlers.import_export(
-        handlers.ImportExport(
+    content = await file.read(config.import_max_bytes + 1)
+    if len(content) > config.import_max_bytes:
+        raise HTTPException(413, f"the file is larger than {config.import_max_bytes} bytes")
+    outcome: ImportOutcome = await handle(
+        ImportExport(
             filename=file.filename or "upload",
             content=content,
             actor=principal.acting_as(["integration"]),
             kind=kind,
             dry_run=dry_run,
         ),
-        _uow(request),
-        batch_size=settings.import_batch_size,
+        uow,
+        batch_size=config.import_batch_size,
     )
     report = outcome.report
     return {
@@ -139,34 +133,33 @@ async def post_import(
     }
 
 
-@router.get("/imports", response_model=list[ImportRunOut], summary="Import runs, newest first")
+@router.get("/imports", response_model=list[ImportRunOut], summary="Import runs, newest first",
+            responses=responses(401, 403, 422))
 async def get_imports(
-    request: Request,
-    _: Reader,
+    engine: EngineDep,
+    _: IntegrationReaderDep,
     kind: Kind | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    async with _uow(request).engine.connect() as conn:
-        return await list_runs(conn, kind=kind.value if kind else None, limit=limit,
-                               offset=offset)
+    return await views.list_runs(engine, kind=kind.value if kind else None, limit=limit,
+                                 offset=offset)
 
 
 @router.get("/imports/{run_id}", response_model=ImportRunDetail,
-            summary="One import run with every rejected row")
-async def get_import(run_id: uuid.UUID, request: Request, _: Reader) -> dict[str, Any]:
-    async with _uow(request).engine.connect() as conn:
-        found = await fetch_run(conn, run_id)
+            summary="One import run with every rejected row", responses=responses(401, 403, 404, 422))
+async def get_import(run_id: uuid.UUID, engine: EngineDep, _: IntegrationReaderDep) -> dict[str, Any]:
+    found = await views.fetch_run(engine, run_id)
     if found is None:
         raise HTTPException(404, f"no import run {run_id}")
     return found
 
 
 @router.get("/integration-log", response_model=list[LogEntryOut],
-            summary="What crossed the ERP boundary, newest first")
+            summary="What crossed the ERP boundary, newest first", responses=responses(401, 403, 422))
 async def get_integration_log(
-    request: Request,
-    _: Reader,
+    engine: EngineDep,
+    _: IntegrationReaderDep,
     kind: Annotated[str | None, Query(description="import, customer, product, …")] = None,
     outcome: Annotated[str | None, Query(description="created, updated, rejected, …")] = None,
     correlation_id: uuid.UUID | None = None,
@@ -174,16 +167,5 @@ async def get_integration_log(
     = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    async with _uow(request).engine.connect() as conn:
-        return await list_log(conn, kind=kind, outcome=outcome, correlation_id=correlation_id,
-                              before_id=before_id, limit=limit)
-
-
-def install_domain_errors(app: FastAPI) -> None:
-    """A file that cannot be imported at all is the caller's to fix: 415 or 422 with the reason."""
-
-    @app.exception_handler(ExportFileError)
-    async def refused(_: Request, exc: ExportFileError) -> JSONResponse:
-        code = 415 if isinstance(exc, UnsupportedFormat) else 422
-        return JSONResponse({"detail": str(exc), "error": exc.__class__.__name__},
-                            status_code=code)
+    return await views.list_log(engine, kind=kind, outcome=outcome, correlation_id=correlation_id,
+                                before_id=before_id, limit=limit)

@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.erp_adapter import handlers
 from services.erp_adapter.config import NAME, ImportSettings
 from services.erp_adapter.domain import ExportFileError, Kind
-from services.erp_adapter.tables import metadata
+from services.erp_adapter.unit_of_work import sql_unit_of_work
 from shared.contracts.envelope import Actor
 from shared.db.engine import make_engine
-from shared.uow import UnitOfWork, unit_of_work
+from shared.uow import UnitOfWork
 
 EXIT_OK = 0
 EXIT_REJECTED_ROWS = 1
@@ -88,7 +88,7 @@ async def _import_files(args: argparse.Namespace) -> int:
         if problem:
             print(problem, file=sys.stderr)
             return EXIT_NO_DATABASE
-        uow = unit_of_work(engine, NAME, metadata)
+        uow = sql_unit_of_work(engine)
         actor = Actor(id=f"cli:{_user()}", role="integration")
         status = EXIT_OK
         for path in args.files:

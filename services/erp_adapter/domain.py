@@ -3,6 +3,11 @@
 The ERP is master of customers and products; Spine only imports them. An export is read whole
 (CSV or JSON), every row is checked on its own so that one bad row never stops the good ones,
 and a record is published again only when its content differs from the copy already stored.
+An import run records a domain event for each record it stores and one when it finishes; the
+unit of work turns them into audit rows and, through `publishers.py`, `erp.*` events.
+
+Imports only the standard library and the project's stdlib-only kernel (`shared.domain`,
+`shared.workflow`).
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ import hashlib
 import io
 import json
 import unicodedata
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePath
 from typing import Any
+
+from shared import workflow
+from shared.domain import Aggregate, AuditFact, DomainEvent
 
 
 class Kind(StrEnum):
@@ -66,15 +75,18 @@ _BINARY_SIGNATURES = {
 # ---------------------------------------------------------------------------- errors
 
 
-class ExportFileError(Exception):
+class ExportFileError(workflow.InvalidInput):
     """The file as a whole cannot be imported; nothing of it is written."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__([reason])
 
 
 class UnreadableFile(ExportFileError):
     """Empty, not UTF-8, malformed, or not recognisably a customer or product export."""
 
 
-class UnsupportedFormat(ExportFileError):
+class UnsupportedFormat(ExportFileError, workflow.UnsupportedFormat):
     """Neither CSV nor JSON."""
 
 
@@ -483,3 +495,90 @@ class ImportReport:
         tail = " (dry run: nothing written)" if self.dry_run else ""
         return (f"{self.filename}: {rows} — {self.created} new, {self.updated} updated, "
                 f"{self.unchanged} unchanged, {self.rejected} rejected{tail}")
+
+
+# ---------------------------------------------------------------------------- the import run
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordUpserted(DomainEvent):
+    """An import stored a new or changed master record (`erp.<entity>.upserted` on the wire)."""
+
+    entity: str
+    record: Record
+    version: int
+    created: bool
+    changes: dict[str, list[Any]]
+    import_run_id: uuid.UUID
+
+    def audit(self) -> AuditFact:
+        return AuditFact(
+            action=f"erp.{self.entity}.{'created' if self.created else 'updated'}",
+            entity_type=self.entity, entity_id=self.record.key, reason="ERP import",
+            details={"version": self.version, "import_run_id": str(self.import_run_id),
+                     "changes": self.changes},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportFinished(DomainEvent):
+    """The last batch of an import run is stored; the counts are final."""
+
+    run_id: uuid.UUID
+    filename: str
+    kind: Kind
+    summary: str
+    created: int
+    updated: int
+    unchanged: int
+    rejected: int
+
+    def audit(self) -> AuditFact:
+        return AuditFact(
+            action="erp.import.finished", entity_type="import_run", entity_id=str(self.run_id),
+            reason=self.summary,
+            details={"filename": self.filename, "kind": self.kind.value, "created": self.created,
+                     "updated": self.updated, "unchanged": self.unchanged,
+                     "rejected": self.rejected},
+        )
+
+
+@dataclass
+class ImportRun(Aggregate):
+    """One export file being imported, batch by batch: its report so far, and what it did."""
+
+    id: uuid.UUID
+    report: ImportReport
+
+    def apply(self, plan: ChangePlan) -> None:
+        """Count a stored batch, and record each new or changed record it stored."""
+        self.report.add(plan)
+        entity = SCHEMAS[self.report.kind].entity
+        for upsert in plan.upserts:
+            self.record(RecordUpserted(
+                entity=entity, record=upsert.record, version=upsert.version,
+                created=upsert.is_new, changes=upsert.changes(), import_run_id=self.id,
+            ))
+
+    def finish(self) -> None:
+        """Every batch is stored: record the run's final counts."""
+        report = self.report
+        self.record(ImportFinished(
+            run_id=self.id, filename=report.filename, kind=report.kind, summary=report.summary(),
+            created=report.created, updated=report.updated, unchanged=report.unchanged,
+            rejected=report.rejected,
+        ))
+
+
+# ---------------------------------------------------------------------------- the integration log
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of the integration log."""
+
+    kind: str
+    outcome: str
+    record_key: str | None = None
+    detail: str = ""
+    direction: str = "in"

@@ -1,19 +1,25 @@
-"""erp_adapter use cases: each takes a command and the unit of work and commits its effect."""
+"""erp_adapter use cases: each takes a command and the unit of work, and commits its effect.
+
+Handlers read and write through the repositories of `tx`; the import run records what it
+stored, and the unit of work writes those events' audit rows and `erp.*` outbox rows.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from services.erp_adapter import publishers
 from services.erp_adapter.domain import (
     SCHEMAS,
     ExportFile,
     ExportFileError,
     ImportReport,
+    ImportRun,
     Kind,
+    LogEntry,
     Record,
     UnsupportedFormat,
     Upsert,
@@ -22,15 +28,8 @@ from services.erp_adapter.domain import (
     read_export,
     validate,
 )
-from services.erp_adapter.repository import (
-    LogEntry,
-    SqlAlchemyMasterDataRepository,
-    add_log_entries,
-    finish_run,
-    start_run,
-)
+from services.erp_adapter.unit_of_work import ErpUnitOfWork
 from shared.contracts.envelope import Actor
-from shared.uow import ConnTransaction, UnitOfWork
 
 Progress = Callable[[int, int], None]
 """Called with (records done, records to do) after each committed batch."""
@@ -55,7 +54,7 @@ class ImportOutcome:
 
 async def import_export(
     cmd: ImportExport,
-    uow: UnitOfWork,
+    uow: ErpUnitOfWork,
     *,
     batch_size: int = 500,
     progress: Progress | None = None,
@@ -68,59 +67,50 @@ async def import_export(
         if not cmd.dry_run:
             async with uow.begin(actor=cmd.actor) as tx:
                 outcome = "unsupported" if isinstance(exc, UnsupportedFormat) else "unreadable"
-                await add_log_entries(
-                    tx.conn, [LogEntry("import", outcome, cmd.filename, str(exc))],
-                    tx.correlation_id,
+                await tx.integration_log.add(
+                    [LogEntry("import", outcome, cmd.filename, str(exc))], tx.correlation_id
                 )
         raise
 
     report = ImportReport(export.filename, export.kind, export.format, len(export.rows),
                           dry_run=cmd.dry_run, rejections=checked.rejections)
-    records = checked.records
+    kind, records = export.kind, checked.records
     if cmd.dry_run:
-        await _count_only(uow, export.kind, records, report, batch_size, progress)
+        await _count_only(uow, cmd.actor, kind, records, report, batch_size, progress)
         return ImportOutcome(report, None)
 
     # The run id doubles as the correlation id of every event and log line the import causes.
-    run_id = uuid.uuid4()
-    async with uow.begin(actor=cmd.actor, correlation_id=run_id) as tx:
-        await start_run(tx.conn, run_id, report, cmd.actor)
+    run = ImportRun(id=uuid.uuid4(), report=report)
+    async with uow.begin(actor=cmd.actor, correlation_id=run.id) as tx:
+        await tx.runs.add(run, started_by=cmd.actor)
 
+    # One transaction per batch: a huge export neither holds one transaction open for minutes
+    # nor loses what earlier batches stored when a later one fails.
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        async with uow.begin(actor=cmd.actor, correlation_id=run_id) as tx:
-            repo = SqlAlchemyMasterDataRepository(tx.conn, export.kind)
-            await repo.lock()
-            plan = plan_changes(chunk, await repo.stored([r.key for r in chunk]))
-            await repo.save(plan.upserts, run_id)
-            _record_upserts(tx, export.kind, plan.upserts, run_id)
-            await add_log_entries(tx.conn, [_log_upsert(export.kind, u) for u in plan.upserts],
-                                  run_id)
-        report.add(plan)
+        async with uow.begin(actor=cmd.actor, correlation_id=run.id) as tx:
+            await tx.master_data.lock(kind)
+            plan = plan_changes(chunk, await tx.master_data.stored(kind, [r.key for r in chunk]))
+            await tx.master_data.save(kind, plan.upserts, run.id)
+            await tx.integration_log.add([_log_upsert(kind, u) for u in plan.upserts], run.id)
+            tx.runs.resume(run).apply(plan)
         if progress:
             progress(start + len(chunk), len(records))
 
-    entity = SCHEMAS[export.kind].entity
-    async with uow.begin(actor=cmd.actor, correlation_id=run_id) as tx:
-        await finish_run(tx.conn, run_id, report)
+    entity = SCHEMAS[kind].entity
+    async with uow.begin(actor=cmd.actor, correlation_id=run.id) as tx:
+        run.finish()
+        await tx.runs.finish(run)
         entries = [LogEntry(entity, "rejected", r.key, str(r)) for r in report.rejections]
         outcome = "completed_with_rejections" if report.rejections else "completed"
         entries.append(LogEntry("import", outcome, export.filename, report.summary()))
-        await add_log_entries(tx.conn, entries, run_id)
-        tx.record(
-            action="erp.import.finished",
-            entity_type="import_run",
-            entity_id=str(run_id),
-            reason=report.summary(),
-            details={"filename": export.filename, "kind": export.kind.value,
-                     "created": report.created, "updated": report.updated,
-                     "unchanged": report.unchanged, "rejected": report.rejected},
-        )
-    return ImportOutcome(report, run_id)
+        await tx.integration_log.add(entries, run.id)
+    return ImportOutcome(report, run.id)
 
 
 async def _count_only(
-    uow: UnitOfWork,
+    uow: ErpUnitOfWork,
+    actor: Actor,
     kind: Kind,
     records: list[Record],
     report: ImportReport,
@@ -128,11 +118,10 @@ async def _count_only(
     progress: Progress | None,
 ) -> None:
     """A dry run: compare with the stored copies exactly as an import would, write nothing."""
-    async with uow.engine.connect() as conn:
-        repo = SqlAlchemyMasterDataRepository(conn, kind)
+    async with uow.begin(actor=actor) as tx:
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
-            report.add(plan_changes(chunk, await repo.stored([r.key for r in chunk])))
+            report.add(plan_changes(chunk, await tx.master_data.stored(kind, [r.key for r in chunk])))
             if progress:
                 progress(start + len(chunk), len(records))
 
@@ -140,21 +129,6 @@ async def _count_only(
 def _read_and_validate(cmd: ImportExport) -> tuple[ExportFile, Validated]:
     export = read_export(cmd.filename, cmd.content, cmd.kind)
     return export, validate(export)
-
-
-def _record_upserts(tx: ConnTransaction, kind: Kind, upserts: list[Upsert], run_id: uuid.UUID) -> None:
-    """Audit row and outbox event of each stored change, in the transaction that stores it."""
-    entity = SCHEMAS[kind].entity
-    for upsert in upserts:
-        tx.record(
-            action=f"erp.{entity}.{'created' if upsert.is_new else 'updated'}",
-            entity_type=entity,
-            entity_id=upsert.record.key,
-            reason="ERP import",
-            details={"version": upsert.version, "import_run_id": str(run_id),
-                     "changes": upsert.changes()},
-        )
-        tx.emit(*publishers.record_upserted(upsert.record, upsert.version))
 
 
 def _log_upsert(kind: Kind, upsert: Upsert) -> LogEntry:
@@ -168,3 +142,16 @@ def _log_upsert(kind: Kind, upsert: Upsert) -> LogEntry:
     )
     return LogEntry(schema.entity, "updated", upsert.record.key,
                     f"version {upsert.version}: {changed}")
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+# Command type → handler: the edges build a command and hand it here.
+HANDLERS: dict[type[Any], Handler] = {
+    ImportExport: import_export,
+}
+
+
+async def handle(cmd: Any, uow: ErpUnitOfWork, **options: Any) -> Any:
+    """Run the handler of `cmd`'s type; `options` are its knobs (batch size, progress)."""
+    return await HANDLERS[type(cmd)](cmd, uow, **options)

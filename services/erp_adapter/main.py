@@ -11,20 +11,18 @@ from fastapi import FastAPI
 
 from services.erp_adapter import api, publishers
 from services.erp_adapter.config import NAME, Settings
-from services.erp_adapter.tables import metadata
+from services.erp_adapter.unit_of_work import sql_unit_of_work
 from shared.runtime import Runtime
-from shared.uow import unit_of_work
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     settings = settings or Settings()  # type: ignore[call-arg]
     runtime = Runtime.build(NAME, settings)
-    uow = unit_of_work(runtime.engine, NAME, metadata)
+    uow = sql_unit_of_work(runtime.engine)
     runtime.document_events(publishers.PUBLISHED)
     app = runtime.app(title="Spine erp_adapter", routers=[api.router])
     app.state.uow = uow
-    api.install_domain_errors(app)
     return runtime, app
 
 

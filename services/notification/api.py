@@ -1,4 +1,4 @@
-"""HTTP edges of the notification service: request → query; no business rules here."""
+"""HTTP edges of the notification service: request → view; no business rules here."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from services.notification.repository import list_events
+from services.notification import views
 from shared.auth import Principal, require_roles
-from shared.uow import UnitOfWork
+from shared.web.deps import EngineDep
+from shared.web.problems import responses
 
 router = APIRouter(tags=["events"])
-Reader = Annotated[Principal, Depends(require_roles("ops", "supervisor"))]
+# Observed events cross every service and journey: for ops and supervisors, not every reader.
+OpsReaderDep = Annotated[Principal, Depends(require_roles("ops", "supervisor"))]
 
 
 class ObservedEventOut(BaseModel):
@@ -33,15 +35,12 @@ class ObservedEventOut(BaseModel):
     received_at: datetime
 
 
-def _uow(request: Request) -> UnitOfWork:
-    return request.app.state.uow  # type: ignore[no-any-return]
-
-
 @router.get("/events", response_model=list[ObservedEventOut],
-            summary="Events this service has observed (newest first unless order=asc)")
+            summary="Events this service has observed (newest first unless order=asc)",
+            responses=responses(401, 403, 422))
 async def get_events(
-    request: Request,
-    _: Reader,
+    engine: EngineDep,
+    _: OpsReaderDep,
     correlation_id: Annotated[uuid.UUID | None, Query(description="one order journey")] = None,
     type: Annotated[str | None, Query(description="exact event type, e.g. dispatch.packed")]
     = None,
@@ -49,7 +48,6 @@ async def get_events(
     order: Literal["asc", "desc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[dict[str, Any]]:
-    async with _uow(request).engine.connect() as conn:
-        return await list_events(conn, correlation_id=correlation_id, event_type=type,
-                                 aggregate_id=aggregate_id, oldest_first=order == "asc",
-                                 limit=limit)
+    return await views.list_events(engine, correlation_id=correlation_id, event_type=type,
+                                   aggregate_id=aggregate_id, oldest_first=order == "asc",
+                                   limit=limit)

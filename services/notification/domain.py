@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared.domain import Actor, AuditFact, DomainEvent
+from shared.workflow import SYSTEM
+
+# The notification service acting on its own: it consumes events, no person asks it to.
+SYSTEM_ACTOR = Actor(id="notification", role=SYSTEM)
+
 # The aggregates Spine's events name, in the order they are tried when the event type itself
 # does not say (a dispatch event also carries its order_id; the dispatch is its aggregate).
 AGGREGATES = ("dispatch", "order", "customer", "product", "notification")
@@ -37,6 +43,17 @@ class ObservedEvent:
     actor_role: str
     aggregate: AggregateRef
     data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventObserved(DomainEvent):
+    """An event was kept for the first time: what the notification rules will start from."""
+
+    observed: ObservedEvent
+
+    def audit(self) -> AuditFact | None:
+        # Keeping a copy changes nothing of anyone's business; the service writes no audit row.
+        return None
 
 
 def aggregate_of(event_type: str, data: Mapping[str, Any]) -> AggregateRef:

@@ -1,15 +1,13 @@
-"""Notification use cases: each takes a command and the unit of work and commits its effect."""
+"""Notification use cases: each takes a command and the unit of work, and commits one effect."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from services.notification.domain import ObservedEvent
-from services.notification.repository import SqlAlchemyObservedEventRepository
-from shared.contracts.envelope import Actor
-from shared.uow import UnitOfWork
-
-SYSTEM = Actor(id="notification", role="system")
+from services.notification.domain import SYSTEM_ACTOR, EventObserved, ObservedEvent
+from services.notification.unit_of_work import NotificationUnitOfWork
 
 
 @dataclass(frozen=True)
@@ -20,13 +18,30 @@ class RecordEvent:
     event: ObservedEvent
 
 
-async def record_event(cmd: RecordEvent, uow: UnitOfWork) -> bool:
+async def record_event(cmd: RecordEvent, uow: NotificationUnitOfWork) -> bool:
     """True when stored now; raises `Duplicate` when this consumer had the message already."""
     event = cmd.event
     async with uow.begin(
-        actor=SYSTEM,
+        actor=SYSTEM_ACTOR,
         correlation_id=event.correlation_id,
         causation_id=event.event_id,
         inbox=(cmd.consumer, str(event.event_id)),
     ) as tx:
-        return await SqlAlchemyObservedEventRepository(tx.conn).add(event)
+        if not await tx.observed.add(event):
+            return False
+        # Nothing records this event but the handler: an observation is a copy, not an aggregate.
+        tx.collect(EventObserved(observed=event))
+        return True
+
+
+Handler = Callable[[Any, NotificationUnitOfWork], Awaitable[Any]]
+
+# Command type → handler: the edges build a command and hand it here.
+HANDLERS: dict[type[Any], Handler] = {
+    RecordEvent: record_event,
+}
+
+
+async def handle(cmd: Any, uow: NotificationUnitOfWork) -> Any:
+    """Run the handler of `cmd`'s type."""
+    return await HANDLERS[type(cmd)](cmd, uow)

@@ -6,18 +6,15 @@ from fastapi import FastAPI
 
 from services.notification import api, subscribers
 from services.notification.config import Settings
-from services.notification.tables import metadata
+from services.notification.unit_of_work import NAME, sql_unit_of_work
 from shared.runtime import Runtime
-from shared.uow import unit_of_work
-
-NAME = "notification"
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     settings = settings or Settings()  # type: ignore[call-arg]
     runtime = Runtime.build(NAME, settings)
-    uow = unit_of_work(runtime.engine, NAME, metadata)
+    uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow)
     app = runtime.app(title="Spine notification", routers=[api.router])
     app.state.uow = uow

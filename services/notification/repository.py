@@ -1,16 +1,23 @@
-"""Persistence of observed events (SQLAlchemy Core)."""
+"""Persistence of observed events (SQLAlchemy Core: the per-message hot path)."""
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
+from typing import Protocol
 
-import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.notification.domain import ObservedEvent
 from services.notification.tables import observed_event
+
+
+class ObservedEventRepository(Protocol):
+    """What handlers need of observation storage (the SQL one below; a dict in unit tests)."""
+
+    async def add(self, event: ObservedEvent) -> bool:
+        """Store the event; False when it was stored before (same event id, another route)."""
+        ...
+
 
 # Built once: constructing the statement per message cost more than executing it.
 _INSERT_OBSERVED = (
@@ -27,7 +34,6 @@ class SqlAlchemyObservedEventRepository:
         self.conn = conn
 
     async def add(self, event: ObservedEvent) -> bool:
-        """Store the event; False when it was stored before (same event id, another route)."""
         result = await self.conn.execute(
             _INSERT_OBSERVED,
             {
@@ -46,25 +52,3 @@ class SqlAlchemyObservedEventRepository:
             },
         )
         return result.first() is not None
-
-
-async def list_events(
-    conn: AsyncConnection,
-    *,
-    correlation_id: uuid.UUID | None,
-    event_type: str | None,
-    aggregate_id: str | None,
-    oldest_first: bool,
-    limit: int,
-) -> list[dict[str, Any]]:
-    query = sa.select(observed_event)
-    if correlation_id:
-        query = query.where(observed_event.c.correlation_id == correlation_id)
-    if event_type:
-        query = query.where(observed_event.c.type == event_type)
-    if aggregate_id:
-        query = query.where(observed_event.c.aggregate_id == aggregate_id)
-    order = (observed_event.c.occurred_at, observed_event.c.received_at)
-    query = query.order_by(*(c.asc() if oldest_first else c.desc() for c in order))
-    rows = await conn.execute(query.limit(limit))
-    return [dict(r) for r in rows.mappings()]

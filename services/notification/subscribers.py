@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from faststream.rabbit import RabbitBroker
 
-from services.notification import handlers
 from services.notification.domain import ObservedEvent, aggregate_of
+from services.notification.handlers import RecordEvent, handle
+from services.notification.unit_of_work import NotificationUnitOfWork
 from shared.contracts.envelope import LooseEnvelope
 from shared.messaging.topology import Topology, consumer_queue
-from shared.uow import UnitOfWork
 
 SERVICE = "notification"
 
 
-def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
+def register(broker: RabbitBroker, topology: Topology, uow: NotificationUnitOfWork) -> None:
     """Subscribe the notification service's consumers, one quorum queue per purpose."""
     # Deliberately not `#`: a catch-all queue would make every `erp.*` event routable, so an
     # import published before the order service declared its queues would be lost to it
@@ -26,16 +26,16 @@ def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
     @broker.subscriber(dispatch_queue, topology.events, title="notification/dispatch.#")
     async def on_dispatch_event(event: LooseEnvelope) -> None:
         """A dispatch was created, moved, held or corrected: keep the event for the rules."""
-        await handlers.record_event(_command(event, dispatch_queue.name), uow)
+        await handle(_command(event, dispatch_queue.name), uow)
 
     @broker.subscriber(order_queue, topology.events, title="notification/order.*")
     async def on_order_event(event: LooseEnvelope) -> None:
         """An order was received, rejected, confirmed or cancelled: keep the event."""
-        await handlers.record_event(_command(event, order_queue.name), uow)
+        await handle(_command(event, order_queue.name), uow)
 
 
-def _command(event: LooseEnvelope, consumer: str) -> handlers.RecordEvent:
-    return handlers.RecordEvent(
+def _command(event: LooseEnvelope, consumer: str) -> RecordEvent:
+    return RecordEvent(
         consumer=consumer,
         event=ObservedEvent(
             event_id=event.event_id,

@@ -24,6 +24,7 @@ from shared.workflow import (
     NotFound,
     Refusal,
     StaleVersion,
+    UnsupportedFormat,
 )
 
 PROBLEM_JSON = "application/problem+json"
@@ -38,6 +39,7 @@ _STATUS: list[tuple[type[Refusal], int, str]] = [
     (GuardFailed, 409, "guard-failed"),
     (ApprovalRequired, 409, "approval-required"),
     (Conflict, 409, "conflict"),
+    (UnsupportedFormat, 415, "unsupported-format"),
     (InvalidInput, 422, "invalid-input"),
 ]
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",

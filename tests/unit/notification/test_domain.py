@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 from faststream.rabbit import RabbitBroker
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.notification import subscribers
-from services.notification.domain import AggregateRef, aggregate_of
-from services.notification.tables import metadata
+from services.notification.domain import AggregateRef, EventObserved, ObservedEvent, aggregate_of
+from services.notification.unit_of_work import sql_unit_of_work
 from shared.messaging.topology import CONSUMER_QUEUES, Topology
-from shared.uow import unit_of_work
 
 
 def test_a_dispatch_event_is_about_its_dispatch_not_its_order() -> None:
@@ -50,11 +52,21 @@ def test_numeric_ids_are_kept_as_text_and_nonsense_versions_are_dropped() -> Non
     assert aggregate_of("order.received", {"order_id": True}) == AggregateRef(None, None, None)
 
 
+def test_observing_an_event_writes_no_audit_row() -> None:
+    event = ObservedEvent(
+        event_id=uuid.uuid4(), type="order.confirmed", producer="order",
+        occurred_at=datetime(2026, 11, 27, 10, tzinfo=UTC), correlation_id=uuid.uuid4(),
+        causation_id=None, actor_id="order", actor_role="system",
+        aggregate=AggregateRef("order", "o-1", 2), data={"order_id": "o-1", "version": 2},
+    )
+    assert EventObserved(observed=event).audit() is None
+
+
 def test_the_service_consumes_exactly_the_queues_the_topology_table_lists() -> None:
     broker = RabbitBroker()
     topology = Topology("unit")
     engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")  # never used
-    subscribers.register(broker, topology, unit_of_work(engine, "notification", metadata))
+    subscribers.register(broker, topology, sql_unit_of_work(engine))
     registered = sorted(
         (s.queue.name, s.queue.routing_key)  # type: ignore[attr-defined]
         for s in broker.subscribers

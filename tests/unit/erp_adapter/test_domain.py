@@ -1,8 +1,10 @@
-"""Reading, checking and change detection of ERP exports (services/erp_adapter/domain.py)."""
+"""Reading, checking and change detection of ERP exports, and what an import run records
+(services/erp_adapter/domain.py)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,12 @@ import pytest
 from services.erp_adapter.domain import (
     Customer,
     Format,
+    ImportFinished,
     ImportReport,
+    ImportRun,
     Kind,
     Product,
+    RecordUpserted,
     Stored,
     UnreadableFile,
     UnsupportedFormat,
@@ -21,8 +26,9 @@ from services.erp_adapter.domain import (
     read_export,
     validate,
 )
+from shared import workflow
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "erp"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "erp"
 
 
 def messages(filename: str, content: str | bytes, kind: Kind | None = None) -> list[str]:
@@ -199,6 +205,18 @@ def test_a_file_that_cannot_be_imported_at_all_says_why(
         read_export(filename, content)
 
 
+def test_a_whole_file_refusal_is_invalid_input_whose_one_problem_is_the_reason() -> None:
+    with pytest.raises(UnreadableFile) as unreadable:
+        read_export("c.csv", b"")
+    with pytest.raises(UnsupportedFormat) as unsupported:
+        read_export("c.xml", b"<customers/>")
+    assert isinstance(unreadable.value, workflow.InvalidInput)
+    assert not isinstance(unreadable.value, workflow.UnsupportedFormat)
+    assert unreadable.value.problems == ["c.csv is empty"] == [str(unreadable.value)]
+    # Not merely wrong but a format this service does not read at all.
+    assert isinstance(unsupported.value, workflow.UnsupportedFormat)
+
+
 def test_an_explicit_kind_that_does_not_fit_the_columns_is_refused_with_a_hint() -> None:
     with pytest.raises(UnreadableFile, match="not customers; it looks like products"):
         read_export("p.csv", b"product_id,name,uom\nP-1,Bolt,EA\n", Kind.CUSTOMERS)
@@ -238,3 +256,43 @@ def test_the_summary_reads_as_one_line_per_file() -> None:
     assert report.summary() == (
         "customers.csv: 12 rows — 3 new, 1 updated, 7 unchanged, 1 rejected"
     )
+
+
+# ------------------------------------------------------------------------- the import run
+
+
+def test_an_import_run_records_each_stored_record_and_counts_it() -> None:
+    renamed, new = Customer("C-2", "Bolt AG"), Customer("C-3", "New", active=False)
+    stored = {"C-2": Stored({"customer_id": "C-2", "name": "Bolt", "active": True},
+                            content_hash(Customer("C-2", "Bolt")), 1)}
+    run = ImportRun(id=uuid.uuid4(), report=ImportReport("c.csv", Kind.CUSTOMERS, Format.CSV, 2))
+
+    run.apply(plan_changes([renamed, new], stored))
+
+    updated, created = run.pull_events()
+    assert isinstance(updated, RecordUpserted) and isinstance(created, RecordUpserted)
+    assert (updated.record, updated.version, created.record, created.version) == (
+        renamed, 2, new, 1)
+    assert (run.report.created, run.report.updated) == (1, 1)
+    fact = updated.audit()
+    assert (fact.action, fact.entity_type, fact.entity_id, fact.reason) == (
+        "erp.customer.updated", "customer", "C-2", "ERP import")
+    assert fact.details == {"version": 2, "import_run_id": str(run.id),
+                            "changes": {"name": ["Bolt", "Bolt AG"]}}
+    assert created.audit().action == "erp.customer.created"
+
+
+def test_a_finished_run_records_its_final_counts_for_the_audit_log() -> None:
+    report = ImportReport("p.json", Kind.PRODUCTS, Format.JSON, rows_total=3, created=2,
+                          unchanged=1)
+    run = ImportRun(id=uuid.uuid4(), report=report)
+
+    run.finish()
+
+    [finished] = run.pull_events()
+    assert isinstance(finished, ImportFinished)
+    fact = finished.audit()
+    assert (fact.action, fact.entity_type, fact.entity_id, fact.reason) == (
+        "erp.import.finished", "import_run", str(run.id), report.summary())
+    assert fact.details == {"filename": "p.json", "kind": "products", "created": 2,
+                            "updated": 0, "unchanged": 1, "rejected": 0}

@@ -1,0 +1,45 @@
+"""The erp_adapter's unit of work: its transaction holds the master data, import runs and log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.erp_adapter import publishers
+from services.erp_adapter.config import NAME
+from services.erp_adapter.repository import (
+    ImportRunRepository,
+    IntegrationLogRepository,
+    MasterDataRepository,
+    SqlAlchemyImportRunRepository,
+    SqlAlchemyIntegrationLogRepository,
+    SqlAlchemyMasterDataRepository,
+)
+from services.erp_adapter.tables import metadata
+from shared.uow import ConnTransaction, SqlAlchemyUnitOfWork, Transaction, UnitOfWork
+
+
+class ErpTransaction(Transaction):
+    """What an erp_adapter handler works with: `tx.master_data`, `tx.runs`, `tx.integration_log`."""
+
+    master_data: MasterDataRepository
+    runs: ImportRunRepository
+    integration_log: IntegrationLogRepository
+
+
+class SqlErpTransaction(ConnTransaction, ErpTransaction):
+    def __init__(self, conn: AsyncConnection, **context: Any) -> None:
+        super().__init__(conn, **context)
+        self.master_data = SqlAlchemyMasterDataRepository(conn)
+        self.runs = SqlAlchemyImportRunRepository(conn, self.track)
+        self.integration_log = SqlAlchemyIntegrationLogRepository(conn)
+
+
+ErpUnitOfWork = UnitOfWork[ErpTransaction]
+
+
+def sql_unit_of_work(engine: AsyncEngine) -> SqlAlchemyUnitOfWork[SqlErpTransaction]:
+    """Units of work on the erp_adapter database, writing `publishers.to_wire` events."""
+    return SqlAlchemyUnitOfWork(engine, NAME, metadata, transaction=SqlErpTransaction,
+                                to_wire=publishers.to_wire)
