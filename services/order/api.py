@@ -8,35 +8,24 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.order import handlers
-from services.order.domain import (
-    ExternalRefTaken,
-    Forbidden,
-    InvalidOrder,
-    NotAllowedFromState,
-    NotFound,
-    OrderDraft,
-    OrderError,
-    OrderLine,
-    ReasonRequired,
-    StaleVersion,
-    Status,
-    person_roles_for_target,
-)
-from services.order.repository import SqlAlchemyOrderRepository, list_orders
-from shared.audit import AuditEntry, history
-from shared.auth import ROLES, Principal, require_roles
+from services.order import views
+from services.order.domain import Order, OrderDraft, OrderLine, Status, person_roles_for_target
+from services.order.handlers import CancelOrder, ConfirmOrder, PlacedOrder, PlaceOrder, handle
+from services.order.unit_of_work import OrderUnitOfWork
+from shared.audit import AuditEntry
+from shared.auth import Principal, require_roles
 from shared.contracts import ext
-from shared.uow import UnitOfWork
+from shared.web.deps import EngineDep, IfMatchHeader, ReaderDep, parse_if_match, unit_of_work
+from shared.web.problems import responses
 
 router = APIRouter(prefix="/orders", tags=["orders"])
+UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
 
 # Who may do what comes from the domain's transition table, never from a second list here.
-Reader = Annotated[Principal, Depends(require_roles(*ROLES))]
 Creator = Annotated[Principal, Depends(require_roles(*person_roles_for_target(Status.RECEIVED)))]
 Confirmer = Annotated[
     Principal, Depends(require_roles(*person_roles_for_target(Status.CONFIRMED)))
@@ -99,26 +88,17 @@ class CancelIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-def _uow(request: Request) -> UnitOfWork:
-    return request.app.state.uow
-
-
-IfMatch = Annotated[
-    str | None,
-    Header(description="the ETag (version) you read; the change is refused with 412 if stale"),
-]
-
-
 @router.post(
     "",
-    status_code=201,
+    status_code=views.CREATED,
     response_model=OrderOut,
     summary="Create an order (honours Idempotency-Key)",
-    responses={403: {}, 409: {}, 422: {}},
+    responses=responses(401, 403, 409, 422),
 )
 async def post_order(
     body: OrderIn,
     request: Request,
+    uow: UowDep,
     principal: Creator,
     idempotency_key: Annotated[
         str | None,
@@ -126,8 +106,8 @@ async def post_order(
                description="retry-safe: the same key and body return the first response"),
     ] = None,
 ) -> JSONResponse:
-    placed = await handlers.place_order(
-        handlers.PlaceOrder(
+    placed: PlacedOrder = await handle(
+        PlaceOrder(
             actor_id=principal.sub,
             roles=principal.roles,
             draft=OrderDraft(
@@ -142,80 +122,68 @@ async def post_order(
             request_hash=_request_hash(body),
             idempotency_key=idempotency_key,
         ),
-        _uow(request),
+        uow,
     )
-    headers = {
-        "Location": f"{request.url.path.rstrip('/')}/{placed.body['id']}",
-        "ETag": f'"{placed.body["version"]}"',
-    }
+    view = views.order_view(placed.order)
+    headers = {"Location": f"{request.url.path.rstrip('/')}/{view['id']}",
+               "ETag": f'"{view["version"]}"'}
     if idempotency_key is not None:
         headers["Idempotent-Replayed"] = "true" if placed.replayed else "false"
-    return JSONResponse(placed.body, status_code=placed.status, headers=headers)
+    return JSONResponse(view, status_code=views.CREATED, headers=headers)
 
 
 @router.post(
     "/{order_id}/confirm",
     response_model=OrderOut,
     summary="Confirm a received order",
-    responses={403: {}, 404: {}, 409: {}, 412: {}},
+    responses=responses(400, 401, 403, 404, 409, 412, 422),
 )
 async def post_confirm(
-    order_id: uuid.UUID, request: Request, principal: Confirmer, if_match: IfMatch = None
+    order_id: uuid.UUID, uow: UowDep, principal: Confirmer, if_match: IfMatchHeader = None
 ) -> JSONResponse:
-    order = await handlers.confirm_order(
-        handlers.ConfirmOrder(
-            order_id=order_id,
-            actor_id=principal.sub,
-            roles=principal.roles,
-            expected_version=_parse_if_match(if_match),
-        ),
-        _uow(request),
+    order: Order = await handle(
+        ConfirmOrder(order_id=order_id, actor_id=principal.sub, roles=principal.roles,
+                     expected_version=parse_if_match(if_match, required=False)),
+        uow,
     )
-    return _order_response(handlers.order_view(order))
+    return _order_response(order)
 
 
 @router.post(
     "/{order_id}/cancel",
     response_model=OrderOut,
     summary="Cancel an order, with a reason",
-    responses={403: {}, 404: {}, 409: {}, 412: {}, 422: {}},
+    responses=responses(400, 401, 403, 404, 409, 412, 422),
 )
 async def post_cancel(
-    order_id: uuid.UUID,
-    body: CancelIn,
-    request: Request,
-    principal: Canceller,
-    if_match: IfMatch = None,
+    order_id: uuid.UUID, body: CancelIn, uow: UowDep, principal: Canceller,
+    if_match: IfMatchHeader = None,
 ) -> JSONResponse:
-    order = await handlers.cancel_order(
-        handlers.CancelOrder(
-            order_id=order_id,
-            actor_id=principal.sub,
-            roles=principal.roles,
-            reason=body.reason,
-            expected_version=_parse_if_match(if_match),
-        ),
-        _uow(request),
+    order: Order = await handle(
+        CancelOrder(order_id=order_id, actor_id=principal.sub, roles=principal.roles,
+                    reason=body.reason, expected_version=parse_if_match(if_match, required=False)),
+        uow,
     )
-    return _order_response(handlers.order_view(order))
+    return _order_response(order)
 
 
-@router.get("/{order_id}", response_model=OrderOut, summary="One order with its lines (ETag)")
+@router.get("/{order_id}", response_model=OrderOut, summary="One order with its lines (ETag)",
+            responses=responses(401, 403, 404, 422))
 async def get_order(
-    order_id: uuid.UUID, request: Request, response: Response, _: Reader
+    order_id: uuid.UUID, engine: EngineDep, response: Response, _: ReaderDep
 ) -> dict[str, Any]:
-    async with _uow(request).engine.connect() as conn:
-        order = await SqlAlchemyOrderRepository(conn).get(order_id)
-    if order is None:
+    found = await views.one_order(engine, order_id)
+    if found is None:
         raise HTTPException(404, f"no order {order_id}")
-    response.headers["ETag"] = f'"{order.version}"'
-    return handlers.order_view(order)
+    response.headers["ETag"] = f'"{found["version"]}"'
+    return found
 
 
-@router.get("", response_model=list[OrderOut], summary="List orders, newest first")
+@router.get("", response_model=list[OrderOut], summary="List orders, newest first",
+            responses=responses(401, 403, 422))
 async def get_orders(
-    request: Request,
-    _: Reader,
+    engine: EngineDep,
+    _: ReaderDep,
     status: Status | None = None,
     customer_id: str | None = None,
     source: str | None = None,
@@ -223,29 +191,24 @@ async def get_orders(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    async with _uow(request).engine.connect() as conn:
-        orders = await list_orders(
-            conn,
-            status=status.value if status else None,
-            customer_id=customer_id,
-            source=source,
-            external_ref=external_ref,
-            limit=limit,
-            offset=offset,
-        )
-    return [handlers.order_view(o) for o in orders]
+    return await views.list_orders(
+        engine, status=status.value if status else None, customer_id=customer_id, source=source,
+        external_ref=external_ref, limit=limit, offset=offset,
+    )
 
 
 @router.get("/{order_id}/history", response_model=list[AuditEntry],
-            summary="Every change of this order, oldest first, from the audit log")
-async def get_history(order_id: uuid.UUID, request: Request, _: Reader) -> list[dict[str, Any]]:
-    async with _uow(request).engine.connect() as conn:
-        if await SqlAlchemyOrderRepository(conn).get(order_id) is None:
-            raise HTTPException(404, f"no order {order_id}")
-        return await history(conn, "order", str(order_id))
+            summary="Every change of this order, oldest first, from the audit log",
+            responses=responses(401, 403, 404, 422))
+async def get_history(order_id: uuid.UUID, engine: EngineDep, _: ReaderDep) -> list[dict[str, Any]]:
+    found = await views.order_history(engine, order_id)
+    if found is None:
+        raise HTTPException(404, f"no order {order_id}")
+    return found
 
 
-def _order_response(view: dict[str, Any]) -> JSONResponse:
+def _order_response(order: Order) -> JSONResponse:
+    view = views.order_view(order)
     return JSONResponse(view, headers={"ETag": f'"{view["version"]}"'})
 
 
@@ -253,39 +216,3 @@ def _request_hash(body: OrderIn) -> str:
     """Fingerprint of what was asked, so a reused Idempotency-Key with other content is caught."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _parse_if_match(value: str | None) -> int | None:
-    if value is None:
-        return None
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise HTTPException(400, f"If-Match {value!r} is not an order version")
-    return int(text)
-
-
-_STATUS_OF: list[tuple[type[OrderError], int]] = [
-    (NotFound, 404),
-    (Forbidden, 403),
-    (StaleVersion, 412),
-    (NotAllowedFromState, 409),
-    (ExternalRefTaken, 409),
-    (ReasonRequired, 422),
-    (InvalidOrder, 422),
-    (handlers.IdempotencyKeyReused, 422),
-]
-
-
-def install_domain_errors(app: FastAPI) -> None:
-    """Map each domain refusal to its HTTP status; the transaction was rolled back already."""
-
-    @app.exception_handler(OrderError)
-    async def refused(_: Request, exc: OrderError) -> JSONResponse:
-        code = next((c for kind, c in _STATUS_OF if isinstance(exc, kind)), 400)
-        body: dict[str, Any] = {"detail": str(exc), "error": exc.__class__.__name__}
-        if isinstance(exc, InvalidOrder):
-            body["detail"] = f"the order cannot be accepted: {exc}"
-            body["reasons"] = exc.reasons
-        if isinstance(exc, ExternalRefTaken):
-            body["order_id"] = exc.order_id
-        return JSONResponse(body, status_code=code)

@@ -1,4 +1,8 @@
-"""Order domain: the status table, the rules that decide a change, order validation. No I/O."""
+"""Order domain: the aggregate, its workflow table, order validation, its domain events. No I/O.
+
+Imports only the standard library and the project's own stdlib-only kernel (`shared.workflow`,
+`shared.domain`), which every domain shares so that the table's shape is written once.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+
+from shared.domain import Actor, Aggregate, AuditFact, DomainEvent
+from shared.workflow import SYSTEM, Decision, Rule, Workflow
+
+ENTITY = "order"
 
 
 class Status(StrEnum):
@@ -17,103 +26,37 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
-# The order service itself, acting on a message (e.g. an outside sales system that sends an
-# order it has already confirmed). No token may claim it: the API strips it from callers.
-SYSTEM = "system"
+# The order service itself, acting on a message (an outside sales system's submission, which
+# may say the order is confirmed already). No token may claim it: see `person_roles`.
+SYSTEM_ROLES = frozenset({SYSTEM})
 
 
-@dataclass(frozen=True)
-class Rule:
-    """One allowed edge of the order lifecycle: who may take it and what it needs."""
-
-    source: Status | None  # None: the order does not exist yet
-    target: Status
-    roles: frozenset[str]
-    reason_required: bool = False
-
-
-def _rule(source: Status | None, target: Status, roles: set[str], **kw: Any) -> Rule:
+def _rule(source: Status | None, target: Status, roles: set[str], **kw: Any) -> Rule[Status, Order]:
     return Rule(source, target, frozenset(roles), **kw)
 
 
 # The lifecycle as data. API permissions, the audit trail and the tests read this one table.
-TRANSITIONS: dict[tuple[Status | None, Status], Rule] = {
-    (r.source, r.target): r
-    for r in [
-        _rule(None, Status.RECEIVED, {"sales", SYSTEM}),
-        _rule(Status.RECEIVED, Status.CONFIRMED, {"sales", "supervisor", SYSTEM}),
-        _rule(Status.RECEIVED, Status.CANCELLED, {"sales", "supervisor"}, reason_required=True),
-        _rule(Status.CONFIRMED, Status.CANCELLED, {"sales", "supervisor"}, reason_required=True),
-    ]
-}
-
-
-def roles_for_target(target: Status) -> frozenset[str]:
-    """Every role that may move some order into `target` (for a 403 before state is read)."""
-    return frozenset().union(*(r.roles for r in TRANSITIONS.values() if r.target == target))
-
-
-def person_roles_for_target(target: Status) -> frozenset[str]:
-    """The roles a caller's token may use to move an order into `target` (never `system`)."""
-    return roles_for_target(target) - {SYSTEM}
+WORKFLOW: Workflow[Status, Order] = Workflow(ENTITY, [
+    # An order typed in by sales, or a submission taken in by the service.
+    _rule(None, Status.RECEIVED, {"sales", SYSTEM}),
+    # The service confirms on intake what the outside sales system confirmed already.
+    _rule(Status.RECEIVED, Status.CONFIRMED, {"sales", "supervisor", SYSTEM}),
+    _rule(Status.RECEIVED, Status.CANCELLED, {"sales", "supervisor"}, reason_required=True),
+    _rule(Status.CONFIRMED, Status.CANCELLED, {"sales", "supervisor"}, reason_required=True),
+])
 
 
 def person_roles(roles: Iterable[str]) -> frozenset[str]:
     """A caller's roles as the table sees them: a token never acts as the service itself."""
-    return frozenset(roles) - {SYSTEM}
+    return frozenset(roles) - SYSTEM_ROLES
 
 
-def acting_role(target: Status, roles: Iterable[str]) -> str:
-    """The role the audit names: the first of the caller's roles the table allows for `target`."""
-    held = set(roles)
-    allowed = sorted(roles_for_target(target) & held)
-    if allowed:
-        return allowed[0]
-    return min(held) if held else "none"
+def person_roles_for_target(target: Status) -> frozenset[str]:
+    """The roles a caller's token may use to move an order into `target` (never `system`)."""
+    return person_roles(WORKFLOW.roles_for_target(target))
 
 
-# ---------------------------------------------------------------------------- errors
-
-
-class OrderError(Exception):
-    """Base of the domain's refusals; each maps to one HTTP status at the edge."""
-
-
-class NotFound(OrderError):
-    pass
-
-
-class Forbidden(OrderError):
-    pass
-
-
-class StaleVersion(OrderError):
-    pass
-
-
-class NotAllowedFromState(OrderError):
-    pass
-
-
-class ReasonRequired(OrderError):
-    pass
-
-
-class InvalidOrder(OrderError):
-    """The order breaks the rules; `reasons` are sentences a person at the sales desk can act on."""
-
-    def __init__(self, reasons: list[str]) -> None:
-        super().__init__("; ".join(reasons))
-        self.reasons = reasons
-
-
-class ExternalRefTaken(OrderError):
-    def __init__(self, external_ref: str, order_id: str) -> None:
-        super().__init__(f"external_ref {external_ref!r} already names order {order_id}")
-        self.order_id = order_id
-
-
-# ---------------------------------------------------------------------------- entities
+# ---------------------------------------------------------------------------- the aggregate
 
 
 # Quantities are kept to three decimals (numeric(14, 3)); every copy of a line shows that scale,
@@ -150,7 +93,7 @@ class OrderDraft:
 
 
 @dataclass
-class Order:
+class Order(Aggregate):
     id: uuid.UUID
     status: Status
     version: int
@@ -166,6 +109,210 @@ class Order:
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
+    @classmethod
+    def receive(
+        cls,
+        draft: OrderDraft,
+        *,
+        order_id: uuid.UUID,
+        correlation_id: uuid.UUID,
+        created_by: str,
+        roles: frozenset[str],
+    ) -> Order:
+        """A new order from a checked draft, as the table's creation edge allows `roles`."""
+        decision = WORKFLOW.decide_creation(Status.RECEIVED, roles=roles)
+        order = cls(
+            id=order_id, status=Status.RECEIVED, version=1, customer_id=draft.customer_id,
+            requested_ship_date=draft.requested_ship_date, priority=draft.priority,
+            ship_to=dict(draft.ship_to), lines=list(draft.lines), correlation_id=correlation_id,
+            created_by=created_by, source=draft.source, external_ref=draft.external_ref,
+        )
+        order.record(OrderReceived(
+            order_id=str(order_id), version=1, source=draft.source,
+            external_ref=draft.external_ref, customer_id=draft.customer_id,
+            line_count=len(order.lines), actor=_actor(created_by, decision),
+        ))
+        return order
+
+    def confirm(self, *, actor_id: str, roles: frozenset[str],
+                expected_version: int | None = None) -> None:
+        """received → confirmed, or raise the refusal that applies (nothing changes)."""
+        decision, source = self._move(Status.CONFIRMED, roles, expected_version, reason="")
+        self.record(OrderConfirmed(
+            order_id=str(self.id), version=self.version, from_status=source,
+            source=self.source, external_ref=self.external_ref, customer_id=self.customer_id,
+            requested_ship_date=self.requested_ship_date, priority=self.priority,
+            ship_to=dict(self.ship_to), lines=tuple(self.lines), actor=_actor(actor_id, decision),
+        ))
+
+    def cancel(self, *, actor_id: str, roles: frozenset[str], reason: str,
+               expected_version: int | None = None) -> None:
+        """received or confirmed → cancelled, with a reason; or raise the refusal that applies."""
+        decision, source = self._move(Status.CANCELLED, roles, expected_version, reason=reason)
+        self.record(OrderCancelled(
+            order_id=str(self.id), version=self.version, from_status=source,
+            source=self.source, external_ref=self.external_ref, reason=reason.strip(),
+            actor=_actor(actor_id, decision),
+        ))
+
+    def _move(self, target: Status, roles: frozenset[str], expected_version: int | None,
+              *, reason: str) -> tuple[Decision[Status, Order], Status]:
+        decision = WORKFLOW.decide(self, target, roles=roles, expected_version=expected_version,
+                                   reason=reason)
+        source = self.status
+        self.status = target
+        self.version += 1
+        return decision, source
+
+
+def _actor(actor_id: str, decision: Decision[Status, Order]) -> Actor | None:
+    # The service deciding as the system acts on a message: the audit row and the event name
+    # the message's sender (the unit of work's actor), not the service.
+    return None if decision.acting_role == SYSTEM else Actor(id=actor_id, role=decision.acting_role)
+
+
+# ---------------------------------------------------------------------------- domain events
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderReceived(DomainEvent):
+    order_id: str
+    version: int
+    source: str | None
+    external_ref: str | None
+    customer_id: str
+    line_count: int
+    actor: Actor | None = None
+
+    def audit(self) -> AuditFact:
+        return AuditFact(
+            action="order.received", entity_type=ENTITY, entity_id=self.order_id,
+            to_state=Status.RECEIVED,
+            details={"version": self.version, "source": self.source,
+                     "external_ref": self.external_ref, "customer_id": self.customer_id,
+                     "lines": self.line_count},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderConfirmed(DomainEvent):
+    """Carries the whole order: the dispatch service works from it and never asks back."""
+
+    order_id: str
+    version: int
+    from_status: Status
+    source: str | None
+    external_ref: str | None
+    customer_id: str
+    requested_ship_date: date
+    priority: str
+    ship_to: dict[str, str]
+    lines: tuple[OrderLine, ...]
+    actor: Actor | None = None
+
+    def audit(self) -> AuditFact:
+        return AuditFact(action="order.confirmed", entity_type=ENTITY, entity_id=self.order_id,
+                         from_state=self.from_status, to_state=Status.CONFIRMED,
+                         details={"version": self.version})
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderCancelled(DomainEvent):
+    order_id: str
+    version: int
+    from_status: Status
+    source: str | None
+    external_ref: str | None
+    reason: str
+    actor: Actor | None = None
+
+    def audit(self) -> AuditFact:
+        return AuditFact(action="order.cancelled", entity_type=ENTITY, entity_id=self.order_id,
+                         from_state=self.from_status, to_state=Status.CANCELLED,
+                         reason=self.reason or None, details={"version": self.version})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmissionRejected(DomainEvent):
+    """An outside system's submission that creates nothing; `reasons` go back to it."""
+
+    source: str
+    external_ref: str | None
+    event_id: uuid.UUID
+    reasons: list[str]
+
+    def audit(self) -> AuditFact:
+        # No order exists, so the row is about the submission: system and reference.
+        return AuditFact(
+            action="order.rejected", entity_type="order_submission",
+            entity_id=f"{self.source}:{self.external_ref or self.event_id}",
+            reason="; ".join(self.reasons),
+            details={"source": self.source, "external_ref": self.external_ref,
+                     "reasons": self.reasons, "event_id": str(self.event_id)},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmissionIgnored(DomainEvent):
+    """A resubmission of a reference that already names an order: audited, answered by nothing."""
+
+    order_id: uuid.UUID | None
+    source: str
+    external_ref: str | None
+    event_id: uuid.UUID
+
+    def audit(self) -> AuditFact:
+        return AuditFact(
+            action="order.submission_duplicate", entity_type=ENTITY, entity_id=str(self.order_id),
+            reason=f"duplicate submission ignored: {self.source} reference "
+                   f"{self.external_ref!r} is already order {self.order_id}",
+            details={"source": self.source, "external_ref": self.external_ref,
+                     "event_id": str(self.event_id)},
+        )
+
+
+ReplicaOutcome = Literal["inserted", "updated"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CustomerReplicated(DomainEvent):
+    """The replica took a newer version of an ERP customer."""
+
+    customer_id: str
+    name: str
+    active: bool
+    version: int
+    outcome: ReplicaOutcome
+
+    def audit(self) -> AuditFact:
+        return AuditFact(action=f"customer.{self.outcome}", entity_type="customer",
+                         entity_id=self.customer_id, to_state=_activity(self.active),
+                         details={"name": self.name, "version": self.version})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProductReplicated(DomainEvent):
+    """The replica took a newer version of an ERP product."""
+
+    product_id: str
+    name: str
+    uom: str
+    active: bool
+    version: int
+    outcome: ReplicaOutcome
+
+    def audit(self) -> AuditFact:
+        return AuditFact(action=f"product.{self.outcome}", entity_type="product",
+                         entity_id=self.product_id, to_state=_activity(self.active),
+                         details={"name": self.name, "uom": self.uom, "version": self.version})
+
+
+def _activity(active: bool) -> str:
+    return "active" if active else "inactive"
+
+
+# ---------------------------------------------------------------------------- validation
+
 
 @dataclass(frozen=True)
 class CustomerReplica:
@@ -180,41 +327,13 @@ class ProductReplica:
     uom: str
 
 
-# ---------------------------------------------------------------------------- decisions
+@dataclass(frozen=True)
+class LineRef:
+    """What a line names, even when the rest of the line broke the contract."""
 
-
-def decide(
-    order: Order,
-    target: Status,
-    *,
-    roles: frozenset[str],
-    expected_version: int | None = None,
-    reason: str = "",
-) -> Rule:
-    """Check one requested status change against the table; raise the first refusal that applies."""
-    if not roles & roles_for_target(target):
-        raise Forbidden(f"no role of {sorted(roles)} may move an order to {target}")
-    if expected_version is not None and expected_version != order.version:
-        raise StaleVersion(f"order {order.id} is at version {order.version}, not {expected_version}")
-    rule = TRANSITIONS.get((order.status, target))
-    if rule is None:
-        raise NotAllowedFromState(f"order {order.id} is {order.status}; it cannot become {target}")
-    if not rule.roles & roles:
-        raise Forbidden(
-            f"{order.status} → {target} needs one of {sorted(rule.roles)}; caller has {sorted(roles)}"
-        )
-    if rule.reason_required and not reason.strip():
-        raise ReasonRequired(f"a reason is required for {order.status} → {target}")
-    return rule
-
-
-def decide_creation(roles: frozenset[str]) -> Rule:
-    """May a caller with `roles` create an order? Raises `Forbidden` if not."""
-    rule = TRANSITIONS[(None, Status.RECEIVED)]
-    if not rule.roles & roles:
-        raise Forbidden(f"creating an order needs one of {sorted(rule.roles)}; "
-                        f"caller has {sorted(roles)}")
-    return rule
+    line_no: int | None
+    product_id: str
+    uom: str | None
 
 
 def check_order(
@@ -230,15 +349,6 @@ def check_order(
         )
     refs = [LineRef(line.line_no, line.product_id, line.uom) for line in draft.lines]
     return reasons + check_references(draft.customer_id, refs, customer, products)
-
-
-@dataclass(frozen=True)
-class LineRef:
-    """What a line names, even when the rest of the line broke the contract."""
-
-    line_no: int | None
-    product_id: str
-    uom: str | None
 
 
 def check_references(
@@ -270,20 +380,6 @@ def check_references(
     return reasons
 
 
-def references_in(data: Mapping[str, object]) -> tuple[str | None, list[LineRef]]:
-    """The customer and products a submission names, read leniently from contract-breaking data."""
-    customer_id = data.get("customer_id")
-    refs: list[LineRef] = []
-    lines = data.get("lines")
-    for line in lines if isinstance(lines, list) else []:
-        if isinstance(line, dict) and isinstance(line.get("product_id"), str) and line["product_id"]:
-            line_no = line.get("line_no")
-            uom = line.get("uom")
-            refs.append(LineRef(line_no if isinstance(line_no, int) else None, line["product_id"],
-                                uom if isinstance(uom, str) else None))
-    return (customer_id if isinstance(customer_id, str) and customer_id else None), refs
-
-
 def provenance_problems(source: str, producer: str) -> list[str]:
     """An outside system may submit orders only under its own name (ext.<itself>.…)."""
     if producer == source:
@@ -292,93 +388,6 @@ def provenance_problems(source: str, producer: str) -> list[str]:
         f"producer {producer!r} may not submit orders for system {source!r}: "
         f"an outside system publishes only under ext.<its own name>"
     ]
-
-
-# ---------------------------------------------------------------------------- readable reasons
-
-# What a person should read for a contract problem, by field path; better than a regex echo.
-_FIELD_HINTS = {
-    "ship_to.country": "must be a two-letter ISO 3166 code",
-    "requested_ship_date": "must be a date like 2026-12-01",
-    "priority": "must be normal or rush",
-}
-
-
-def readable_reasons(errors: Iterable[Mapping[str, Any]], data: Any) -> list[str]:
-    """Turn contract validation errors (pydantic's `errors()`) into sentences about the order.
-
-    Lines are named by their `line_no` where the sender gave one, not by list position.
-    """
-    reasons: list[str] = []
-    for err in errors:
-        loc = tuple(err.get("loc", ()))
-        sentence = _sentence_for(loc, err, data)
-        if sentence not in reasons:
-            reasons.append(sentence)
-    return reasons or ["the order does not match the contract"]
-
-
-def _sentence_for(loc: tuple[Any, ...], err: Mapping[str, Any], data: Any) -> str:
-    if len(loc) >= 2 and loc[0] == "lines" and isinstance(loc[1], int):
-        who = _line_name(data, loc[1])
-        rest = ".".join(str(p) for p in loc[2:])
-        if not rest:
-            return f"{who}: must be an object with line_no, product_id, quantity and uom"
-        return f"{who}: {rest} {_message(rest, err)}"
-    path = ".".join(str(p) for p in loc)
-    if not path:
-        return f"the order {_message('', err)}"
-    return f"{path}: {_message(path, err)}"
-
-
-def _line_name(data: Any, index: int) -> str:
-    try:
-        line_no = data["lines"][index]["line_no"]
-    except (KeyError, IndexError, TypeError):
-        line_no = None
-    if isinstance(line_no, int) and not isinstance(line_no, bool):
-        return f"line {line_no}"
-    return f"line at position {index + 1}"
-
-
-def _message(path: str, err: Mapping[str, Any]) -> str:
-    kind = str(err.get("type", ""))
-    ctx = err.get("ctx") or {}
-    if kind == "missing":
-        return "is required"
-    if path in _FIELD_HINTS and kind != "missing":
-        return _FIELD_HINTS[path]
-    if kind == "greater_than":
-        return f"must be greater than {ctx.get('gt')}"
-    if kind == "string_too_short":
-        return "must not be empty" if ctx.get("min_length") == 1 else (
-            f"must have at least {ctx.get('min_length')} characters")
-    if kind == "string_too_long":
-        return f"must have at most {ctx.get('max_length')} characters"
-    if kind == "too_short":
-        return f"must have at least {ctx.get('min_length')} item(s)"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} items"
-    if kind == "decimal_max_places":
-        return f"must have at most {ctx.get('decimal_places')} decimal places"
-    if kind == "decimal_max_digits":
-        return f"must have at most {ctx.get('max_digits')} digits"
-    if kind in ("decimal_parsing", "decimal_type", "float_parsing"):
-        return "must be a number written as a decimal string, e.g. \"12.5\""
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return "must be a whole number"
-    if kind in ("bool_parsing", "bool_type"):
-        return "must be true or false"
-    if kind in ("string_type",):
-        return "must be text"
-    if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return "must be an object"
-    if kind == "list_type":
-        return "must be a list"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    message = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
-    return message[:1].lower() + message[1:]
 
 
 # ISO 3166-1 alpha-2, the officially assigned codes (user-assigned ones such as XK are not).

@@ -6,21 +6,19 @@ from fastapi import FastAPI
 
 from services.order import api, publishers, subscribers
 from services.order.config import Settings
-from services.order.tables import metadata
+from services.order.unit_of_work import NAME, sql_unit_of_work
 from shared.runtime import Runtime
-from shared.uow import unit_of_work
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     settings = settings or Settings()
-    runtime = Runtime.build("order", settings)
-    uow = unit_of_work(runtime.engine, "order", metadata)
+    runtime = Runtime.build(NAME, settings)
+    uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow)
     runtime.document_events(publishers.PUBLISHED)
     app = runtime.app(title="Spine order", routers=[api.router])
     app.state.uow = uow
-    api.install_domain_errors(app)
     return runtime, app
 
 

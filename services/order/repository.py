@@ -1,12 +1,17 @@
-"""Persistence of orders, replicas and idempotency keys (async SQLAlchemy Core, no ORM)."""
+"""Persistence of orders, replicas and idempotency keys (async SQLAlchemy Core, no ORM).
+
+Each repository is a Protocol handlers depend on (in memory in unit tests) and a SQL one that
+works on the unit of work's connection and `track`s every order it hands out, so that the
+unit of work collects the order's events at commit.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
@@ -19,6 +24,7 @@ from services.order.domain import (
     OrderDraft,
     OrderLine,
     ProductReplica,
+    ReplicaOutcome,
     Status,
 )
 from services.order.tables import (
@@ -28,6 +34,79 @@ from services.order.tables import (
     order_line,
     product,
 )
+
+Track = Callable[[Order], Order]
+
+
+@dataclass(frozen=True)
+class SubmissionFacts:
+    """What deciding on a new order needs from the database, read in one round trip."""
+
+    customer: CustomerReplica | None
+    products: dict[str, ProductReplica]
+    existing_order_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """What an Idempotency-Key was first used for: the request's fingerprint and the order made."""
+
+    request_hash: str
+    order: Order
+
+
+class OrderRepository(Protocol):
+    """What handlers need of order storage."""
+
+    async def facts_for(self, draft: OrderDraft) -> SubmissionFacts:
+        """The customer, the products and any order already holding the draft's external_ref."""
+        ...
+
+    async def add(self, order: Order) -> bool:
+        """Store a new order; False (nothing stored) if its (source, external_ref) is taken."""
+        ...
+
+    async def find_id(self, source: str | None, external_ref: str) -> uuid.UUID | None: ...
+
+    async def get(self, order_id: uuid.UUID) -> Order | None:
+        """The order, locked until the unit of work ends."""
+        ...
+
+    async def save(self, order: Order) -> None:
+        """Store the change of a loaded order (its version was bumped by the change)."""
+        ...
+
+
+class ReplicaRepository(Protocol):
+    """The ERP's customers and products as this service last heard of them."""
+
+    async def upsert_customer(self, *, customer_id: str, name: str, active: bool,
+                              version: int) -> ReplicaOutcome | None:
+        """'inserted', 'updated', or None when the stored version is as new or newer."""
+        ...
+
+    async def upsert_product(self, *, product_id: str, name: str, uom: str, active: bool,
+                             version: int) -> ReplicaOutcome | None:
+        """'inserted', 'updated', or None when the stored version is as new or newer."""
+        ...
+
+    async def lookup(self, customer_id: str | None, product_ids: list[str]
+                     ) -> tuple[CustomerReplica | None, dict[str, ProductReplica]]:
+        """The replicas of a customer and products (for a submission that broke its contract)."""
+        ...
+
+
+class IdempotencyStore(Protocol):
+    """The first answer to each (caller, Idempotency-Key), committed with the order it reports."""
+
+    async def claim(self, principal: str, key: str, request_hash: str) -> StoredAnswer | None:
+        """None when this unit of work now owns the key; else what the key was first used for."""
+        ...
+
+    async def complete(self, principal: str, key: str, order: Order) -> None:
+        """Keep `order`, as it is now, as the answer to the key this unit of work claimed."""
+        ...
+
 
 # An order's lines as one JSON array, so an order (or a page of them) is one query. The
 # quantity travels as text: a JSON number would come back as a float.
@@ -54,6 +133,9 @@ _lines = (
     .scalar_subquery()
     .label("lines")
 )
+
+# Orders with their lines, for `order_from_row` (the reads in views.py filter it further).
+ORDERS_WITH_LINES = sa.select(customer_order, _lines)
 
 
 # The hot-path statements are built once, with bind parameters, and executed with plain dicts:
@@ -103,19 +185,18 @@ _INSERT_ORDER = (
 )
 _INSERT_LINES = sa.insert(order_line)
 
-_SELECT_ORDER = sa.select(customer_order, _lines).where(
+_SELECT_ORDER_FOR_UPDATE = ORDERS_WITH_LINES.where(
     customer_order.c.id == sa.bindparam("order_id")
-)
-_SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update(of=customer_order)
+).with_for_update(of=customer_order)
 
 _UPDATE_STATUS = (
     sa.update(customer_order)
     # Guarded by the version the decision was made on, although the row is locked already.
     .where(customer_order.c.id == sa.bindparam("b_id"),
-           customer_order.c.version == sa.bindparam("b_version"))
-    .values(status=sa.bindparam("b_status"), version=customer_order.c.version + 1,
+           customer_order.c.version == sa.bindparam("b_read_version"))
+    .values(status=sa.bindparam("b_status"), version=sa.bindparam("b_version"),
             updated_at=sa.func.now())
-    .returning(customer_order.c.version, customer_order.c.updated_at)
+    .returning(customer_order.c.updated_at)
 )
 
 
@@ -135,36 +216,27 @@ def _upsert_newer(table: sa.Table, columns: list[str]) -> Any:
 _UPSERT_CUSTOMER = _upsert_newer(customer, ["name", "active", "version"])
 _UPSERT_PRODUCT = _upsert_newer(product, ["name", "uom", "active", "version"])
 
-
-@dataclass(frozen=True)
-class SubmissionFacts:
-    """What deciding on a new order needs from the database, read in one round trip."""
-
-    customer: CustomerReplica | None
-    products: dict[str, ProductReplica]
-    existing_order_id: uuid.UUID | None
+_CLAIM_KEY = pg_insert(idempotency_key).on_conflict_do_nothing().returning(sa.literal(1))
+_STORED_ANSWER = sa.select(idempotency_key.c.request_hash, idempotency_key.c.response_body).where(
+    idempotency_key.c.principal == sa.bindparam("principal"),
+    idempotency_key.c.key == sa.bindparam("key"),
+)
+_COMPLETE_KEY = (
+    sa.update(idempotency_key)
+    .where(idempotency_key.c.principal == sa.bindparam("b_principal"),
+           idempotency_key.c.key == sa.bindparam("b_key"))
+    .values(response_status=sa.bindparam("b_status"), response_body=sa.bindparam("b_body"))
+)
 
 
 class SqlAlchemyOrderRepository:
-    """Reads and writes orders on the unit of work's connection."""
+    """Reads and writes orders on the unit of work's connection; tracks what it hands out."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, track: Track) -> None:
         self.conn = conn
-
-    async def references(
-        self, customer_id: str | None, product_ids: list[str]
-    ) -> tuple[CustomerReplica | None, dict[str, ProductReplica]]:
-        """The replicas of a customer and products, for checking a contract-breaking submission."""
-        rows = (await self.conn.execute(
-            _FACTS, {"customer_id": customer_id or "", "product_ids": sorted(set(product_ids))}
-        )).all()
-        customer = next((CustomerReplica(id=i, active=a) for k, i, a, _ in rows
-                         if k == "customer"), None)
-        products = {i: ProductReplica(id=i, active=a, uom=u) for k, i, a, u in rows if k == "product"}
-        return customer, products
+        self.track = track
 
     async def facts_for(self, draft: OrderDraft) -> SubmissionFacts:
-        """The customer, the products and any order already holding the draft's external_ref."""
         params: dict[str, Any] = {"customer_id": draft.customer_id,
                                   "product_ids": draft.product_ids}
         if draft.external_ref is None:
@@ -190,7 +262,6 @@ class SqlAlchemyOrderRepository:
         return SubmissionFacts(found_customer, products, existing)
 
     async def add(self, order: Order) -> bool:
-        """Insert a new order and its lines; False if its (source, external_ref) is taken."""
         result = await self.conn.execute(
             _INSERT_ORDER,
             {
@@ -224,6 +295,7 @@ class SqlAlchemyOrderRepository:
                 for line in order.lines
             ],
         )
+        self.track(order)
         return True
 
     async def find_id(self, source: str | None, external_ref: str) -> uuid.UUID | None:
@@ -234,19 +306,21 @@ class SqlAlchemyOrderRepository:
         )
         return result.scalar()
 
-    async def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
-        query = _SELECT_ORDER_FOR_UPDATE if for_update else _SELECT_ORDER
-        row = (await self.conn.execute(query, {"order_id": order_id})).mappings().first()
-        return _to_order(row) if row else None
+    async def get(self, order_id: uuid.UUID) -> Order | None:
+        row = (await self.conn.execute(_SELECT_ORDER_FOR_UPDATE, {"order_id": order_id})
+               ).mappings().first()
+        return self.track(order_from_row(row)) if row else None
 
-    async def save_status(self, order: Order, new_status: Status) -> tuple[int, datetime]:
-        """Store a decided status change, bumping the version it was decided on."""
+    async def save(self, order: Order) -> None:
         result = await self.conn.execute(
             _UPDATE_STATUS,
-            {"b_id": order.id, "b_version": order.version, "b_status": new_status.value},
+            {"b_id": order.id, "b_read_version": order.version - 1,
+             "b_status": order.status.value, "b_version": order.version},
         )
-        version, updated_at = result.one()
-        return int(version), updated_at
+        stamp = result.first()
+        if stamp is None:
+            raise RuntimeError(f"order {order.id} changed underneath its locked update")
+        order.updated_at = stamp[0]
 
 
 class SqlAlchemyReplicaRepository:
@@ -255,102 +329,67 @@ class SqlAlchemyReplicaRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def upsert_customer(
-        self, *, customer_id: str, name: str, active: bool, version: int
-    ) -> str | None:
-        """'inserted', 'updated', or None when the stored version is as new or newer."""
+    async def upsert_customer(self, *, customer_id: str, name: str, active: bool,
+                              version: int) -> ReplicaOutcome | None:
         return await self._upsert(
             _UPSERT_CUSTOMER,
             {"id": customer_id, "name": name, "active": active, "version": version},
         )
 
-    async def upsert_product(
-        self, *, product_id: str, name: str, uom: str, active: bool, version: int
-    ) -> str | None:
-        """'inserted', 'updated', or None when the stored version is as new or newer."""
+    async def upsert_product(self, *, product_id: str, name: str, uom: str, active: bool,
+                             version: int) -> ReplicaOutcome | None:
         return await self._upsert(
             _UPSERT_PRODUCT,
             {"id": product_id, "name": name, "uom": uom, "active": active, "version": version},
         )
 
-    async def _upsert(self, statement: Any, values: dict[str, Any]) -> str | None:
+    async def lookup(self, customer_id: str | None, product_ids: list[str]
+                     ) -> tuple[CustomerReplica | None, dict[str, ProductReplica]]:
+        rows = (await self.conn.execute(
+            _FACTS, {"customer_id": customer_id or "", "product_ids": sorted(set(product_ids))}
+        )).all()
+        found = next((CustomerReplica(id=i, active=a) for k, i, a, _ in rows if k == "customer"),
+                     None)
+        products = {i: ProductReplica(id=i, active=a, uom=u) for k, i, a, u in rows if k == "product"}
+        return found, products
+
+    async def _upsert(self, statement: Any, values: dict[str, Any]) -> ReplicaOutcome | None:
         row = (await self.conn.execute(statement, values)).first()
         if row is None:
             return None
         return "inserted" if row[0] else "updated"
 
 
-@dataclass(frozen=True)
-class StoredResponse:
-    request_hash: str
-    status: int
-    body: Any
-
-
 class SqlAlchemyIdempotencyStore:
-    """The first response to each (caller, Idempotency-Key), stored with the effect it reports."""
+    """Idempotency keys in their table, the answer kept exactly as the API first gave it.
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    The row holds the response (`status`, and the body `encode` makes of the order: the API's
+    view, see views.py), so that a replay answers byte for byte what the first request got,
+    including rows stored before this code; `decode` reads the order back from that body.
+    """
+
+    def __init__(self, conn: AsyncConnection, *, status: int,
+                 encode: Callable[[Order], dict[str, Any]], decode: Callable[[Any], Order]) -> None:
         self.conn = conn
+        self.status = status
+        self.encode = encode
+        self.decode = decode
 
-    async def claim(self, principal: str, key: str, request_hash: str) -> StoredResponse | None:
-        """None when this transaction now owns the key; else the response stored for it.
-
-        A concurrent request with the same key blocks on the insert until the first commits
-        (then it reads the stored response) or rolls back (then it owns the key).
-        """
+    async def claim(self, principal: str, key: str, request_hash: str) -> StoredAnswer | None:
+        # A concurrent request with the same key blocks on this insert until the first commits
+        # (then it reads the stored answer) or rolls back (then it owns the key).
         claimed = await self.conn.execute(
-            pg_insert(idempotency_key).on_conflict_do_nothing().returning(sa.literal(1)),
-            {"principal": principal, "key": key, "request_hash": request_hash},
+            _CLAIM_KEY, {"principal": principal, "key": key, "request_hash": request_hash}
         )
         if claimed.first() is not None:
             return None
-        row = (
-            await self.conn.execute(
-                sa.select(
-                    idempotency_key.c.request_hash,
-                    idempotency_key.c.response_status,
-                    idempotency_key.c.response_body,
-                ).where(idempotency_key.c.principal == principal, idempotency_key.c.key == key)
-            )
-        ).one()
-        return StoredResponse(row.request_hash, row.response_status, row.response_body)
+        row = (await self.conn.execute(_STORED_ANSWER, {"principal": principal, "key": key})).one()
+        return StoredAnswer(row.request_hash, self.decode(row.response_body))
 
-    async def complete(self, principal: str, key: str, status: int, body: Any) -> None:
-        await self.conn.execute(
-            sa.update(idempotency_key)
-            .where(idempotency_key.c.principal == principal, idempotency_key.c.key == key)
-            .values(response_status=status, response_body=body)
-        )
-
-
-# ---------------------------------------------------------------------------- read side
-
-
-async def list_orders(
-    conn: AsyncConnection,
-    *,
-    status: str | None = None,
-    customer_id: str | None = None,
-    source: str | None = None,
-    external_ref: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> list[Order]:
-    """A page of orders, newest first, each with its lines (one query)."""
-    query = sa.select(customer_order, _lines).order_by(
-        customer_order.c.created_at.desc(), customer_order.c.id
-    )
-    for column, value in (
-        (customer_order.c.status, status),
-        (customer_order.c.customer_id, customer_id),
-        (customer_order.c.source, source),
-        (customer_order.c.external_ref, external_ref),
-    ):
-        if value is not None:
-            query = query.where(column == value)
-    rows = await conn.execute(query.limit(limit).offset(offset))
-    return [_to_order(r) for r in rows.mappings()]
+    async def complete(self, principal: str, key: str, order: Order) -> None:
+        await self.conn.execute(_COMPLETE_KEY, {"b_principal": principal, "b_key": key,
+                                                "b_status": self.status,
+                                                "b_body": self.encode(order)})
 
 
 def _same_source(source: str | None) -> sa.ColumnElement[bool]:
@@ -360,7 +399,8 @@ def _same_source(source: str | None) -> sa.ColumnElement[bool]:
     return customer_order.c.source == source
 
 
-def _to_order(row: Any) -> Order:
+def order_from_row(row: Any) -> Order:
+    """An order from a row of `ORDERS_WITH_LINES`."""
     return Order(
         id=row["id"],
         status=Status(row["status"]),

@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
 
-from services.order import handlers
-from services.order.domain import OrderDraft, OrderLine, readable_reasons, references_in
+from services.order.contract_errors import readable_reasons, references_in
+from services.order.domain import OrderDraft, OrderLine
+from services.order.handlers import (
+    RejectSubmission,
+    ReplicateCustomer,
+    ReplicateProduct,
+    SubmitOrder,
+    handle,
+)
+from services.order.unit_of_work import OrderUnitOfWork
 from shared.contracts.envelope import Envelope, LooseEnvelope
 from shared.contracts.erp import CustomerUpserted, ProductUpserted
 from shared.contracts.ext import OrderSubmitted, source_of
 from shared.messaging.delivery import PermanentError
-from shared.messaging.topology import CONSUMER_QUEUES, Topology
-from shared.uow import UnitOfWork
+from shared.messaging.topology import Topology, consumer_queue
 
 SERVICE = "order"
-# Purpose → binding key, from the one table the dead-letter tooling also reads.
-BINDINGS = dict(CONSUMER_QUEUES[SERVICE])
 
 
-def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
+def register(broker: RabbitBroker, topology: Topology, uow: OrderUnitOfWork) -> None:
     """Subscribe the order service's consumers, one quorum queue per purpose."""
-    submitted_queue = topology.queue(SERVICE, "order-submitted", BINDINGS["order-submitted"])
-    customer_queue = topology.queue(SERVICE, "customer-upserted", BINDINGS["customer-upserted"])
-    product_queue = topology.queue(SERVICE, "product-upserted", BINDINGS["product-upserted"])
+    submitted_queue = consumer_queue(topology, SERVICE, "order-submitted")
+    customer_queue = consumer_queue(topology, SERVICE, "customer-upserted")
+    product_queue = consumer_queue(topology, SERVICE, "product-upserted")
 
     @broker.subscriber(submitted_queue, topology.events, title="order/ext.*.order.submitted")
     async def on_order_submitted(event: LooseEnvelope, message: RabbitMessage) -> None:
@@ -36,82 +39,56 @@ def register(broker: RabbitBroker, topology: Topology, uow: UnitOfWork) -> None:
         if source is None:
             # Nobody could match an answer to it: the dead-letter queue is where ops will look.
             raise PermanentError(f"routing key {routing_key!r} names no valid outside system")
-        draft, confirm, problems = parse_submission(event.data, source)
-        customer_ref, line_refs = references_in(event.data) if draft is None else (None, [])
-        external_ref = event.data.get("external_ref")
-        await handlers.submit_order(
-            handlers.SubmitOrder(
-                event_id=event.event_id,
-                consumer=submitted_queue.name,
-                correlation_id=event.correlation_id,
-                actor=event.actor,
-                source=source,
-                producer=event.producer,
-                external_ref=external_ref if isinstance(external_ref, str) else None,
-                draft=draft,
-                confirm=confirm,
-                problems=problems,
-                customer_ref=customer_ref,
-                line_refs=line_refs,
-            ),
-            uow,
-        )
+        await handle(submission(event, source, consumer=submitted_queue.name), uow)
 
     @broker.subscriber(customer_queue, topology.events, title="order/erp.customer.upserted")
     async def on_customer_upserted(event: Envelope[CustomerUpserted]) -> None:
         """The ERP changed a customer: keep the replica orders are checked against."""
         data = event.data
-        await handlers.replicate_customer(
-            handlers.ReplicateCustomer(
-                event_id=event.event_id,
-                consumer=customer_queue.name,
-                correlation_id=event.correlation_id,
-                actor=event.actor,
-                customer_id=data.customer_id,
-                name=data.name,
-                active=data.active,
-                version=data.version,
-            ),
-            uow,
-        )
+        await handle(ReplicateCustomer(
+            event_id=event.event_id, consumer=customer_queue.name,
+            correlation_id=event.correlation_id, actor=event.actor,
+            customer_id=data.customer_id, name=data.name, active=data.active, version=data.version,
+        ), uow)
 
     @broker.subscriber(product_queue, topology.events, title="order/erp.product.upserted")
     async def on_product_upserted(event: Envelope[ProductUpserted]) -> None:
         """The ERP changed a product: keep the replica orders are checked against."""
         data = event.data
-        await handlers.replicate_product(
-            handlers.ReplicateProduct(
-                event_id=event.event_id,
-                consumer=product_queue.name,
-                correlation_id=event.correlation_id,
-                actor=event.actor,
-                product_id=data.product_id,
-                name=data.name,
-                uom=data.uom,
-                active=data.active,
-                version=data.version,
-            ),
-            uow,
-        )
+        await handle(ReplicateProduct(
+            event_id=event.event_id, consumer=product_queue.name,
+            correlation_id=event.correlation_id, actor=event.actor,
+            product_id=data.product_id, name=data.name, uom=data.uom, active=data.active,
+            version=data.version,
+        ), uow)
 
 
-def parse_submission(
-    data: dict[str, Any], source: str
-) -> tuple[OrderDraft | None, bool, list[str]]:
-    """(draft, confirmed, []) for contract-valid data, else (None, False, readable reasons)."""
+def submission(event: LooseEnvelope, source: str, *, consumer: str) -> SubmitOrder | RejectSubmission:
+    """The command a submission's data makes: an order to take in, or a contract to answer."""
+    data = event.data
     try:
         submitted = OrderSubmitted.model_validate(data)
     except ValidationError as exc:
-        return None, False, readable_reasons(exc.errors(include_url=False), data)
+        external_ref = data.get("external_ref")
+        customer_ref, line_refs = references_in(data)
+        return RejectSubmission(
+            event_id=event.event_id, consumer=consumer, correlation_id=event.correlation_id,
+            actor=event.actor, source=source, producer=event.producer,
+            external_ref=external_ref if isinstance(external_ref, str) else None,
+            problems=readable_reasons(exc.errors(include_url=False), data),
+            customer_ref=customer_ref, line_refs=line_refs,
+        )
     draft = OrderDraft(
         customer_id=submitted.customer_id,
         requested_ship_date=submitted.requested_ship_date,
         priority=submitted.priority,
         ship_to=submitted.ship_to.model_dump(),
-        lines=[
-            OrderLine(x.line_no, x.product_id, x.quantity, x.uom) for x in submitted.lines
-        ],
+        lines=[OrderLine(x.line_no, x.product_id, x.quantity, x.uom) for x in submitted.lines],
         external_ref=submitted.external_ref,
         source=source,
     )
-    return draft, submitted.confirmed, []
+    return SubmitOrder(
+        event_id=event.event_id, consumer=consumer, correlation_id=event.correlation_id,
+        actor=event.actor, source=source, producer=event.producer, draft=draft,
+        confirm=submitted.confirmed,
+    )

@@ -1,4 +1,4 @@
-"""The order domain without I/O: the status table, decisions, and readable validation reasons."""
+"""The order domain without I/O: the status table, the aggregate's decisions, validation reasons."""
 
 from __future__ import annotations
 
@@ -10,32 +10,28 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from services.order.contract_errors import readable_reasons, references_in
 from services.order.domain import (
-    SYSTEM,
-    TRANSITIONS,
+    SYSTEM_ROLES,
+    WORKFLOW,
     CustomerReplica,
-    Forbidden,
     LineRef,
-    NotAllowedFromState,
     Order,
+    OrderCancelled,
+    OrderConfirmed,
     OrderDraft,
     OrderLine,
+    OrderReceived,
     ProductReplica,
-    ReasonRequired,
-    StaleVersion,
     Status,
-    acting_role,
     check_order,
     check_references,
-    decide,
-    decide_creation,
     person_roles,
     person_roles_for_target,
     provenance_problems,
-    readable_reasons,
-    references_in,
 )
 from shared.contracts.ext import OrderSubmitted
+from shared.workflow import SYSTEM, Forbidden, InvalidInput, NotAllowedFromState, StaleVersion
 
 SHIP_TO = {"name": "Plant 2", "street": "Hafenstr. 1", "city": "Bremen", "postal_code": "28195",
            "country": "DE"}
@@ -48,6 +44,11 @@ def _order(status: Status = Status.RECEIVED, version: int = 1) -> Order:
         lines=[OrderLine(1, "P-1", Decimal("2"), "EA")], correlation_id=uuid.uuid4(),
         created_by="u-1",
     )
+
+
+def _received(roles: frozenset[str] = frozenset({"sales"})) -> Order:
+    return Order.receive(_draft(), order_id=uuid.uuid4(), correlation_id=uuid.uuid4(),
+                         created_by="u-1", roles=roles)
 
 
 def _draft(*lines: OrderLine, customer_id: str = "C-1", country: str = "DE") -> OrderDraft:
@@ -78,7 +79,7 @@ def _submitted(**changes: Any) -> dict[str, Any]:
 
 
 def test_the_table_allows_exactly_the_documented_lifecycle() -> None:
-    assert set(TRANSITIONS) == {
+    assert set(WORKFLOW.rules) == {
         (None, Status.RECEIVED),
         (Status.RECEIVED, Status.CONFIRMED),
         (Status.RECEIVED, Status.CANCELLED),
@@ -92,60 +93,108 @@ def test_sales_and_supervisors_confirm_and_cancel_but_only_sales_create() -> Non
     assert person_roles_for_target(Status.CANCELLED) == {"sales", "supervisor"}
 
 
+def test_the_service_itself_creates_and_confirms_but_never_cancels() -> None:
+    assert {edge for edge, rule in WORKFLOW.rules.items() if SYSTEM in rule.roles} == {
+        (None, Status.RECEIVED), (Status.RECEIVED, Status.CONFIRMED)}
+
+
 def test_no_token_can_act_as_the_service_itself() -> None:
     assert person_roles({"sales", SYSTEM}) == {"sales"}
     with pytest.raises(Forbidden):
-        decide_creation(person_roles({SYSTEM}))
+        _received(roles=person_roles({SYSTEM}))
 
 
 def test_a_received_order_can_be_confirmed_by_sales() -> None:
-    rule = decide(_order(), Status.CONFIRMED, roles=frozenset({"sales"}), expected_version=1)
-    assert (rule.source, rule.target) == (Status.RECEIVED, Status.CONFIRMED)
+    order = _order()
+    order.confirm(actor_id="u-1", roles=frozenset({"sales"}), expected_version=1)
+    [event] = order.pull_events()
+    assert isinstance(event, OrderConfirmed)
+    assert (event.from_status, order.status, order.version) == (Status.RECEIVED, Status.CONFIRMED, 2)
 
 
 def test_the_service_confirms_an_order_its_sales_system_already_confirmed() -> None:
-    decide(_order(), Status.CONFIRMED, roles=frozenset({SYSTEM}))
+    order = _order()
+    order.confirm(actor_id="u-1042", roles=SYSTEM_ROLES)
+    [event] = order.pull_events()
+    # The service acts on the sender's message: the unit of work's actor (the sender) is named.
+    assert event.actor is None and order.status == Status.CONFIRMED
 
 
 def test_confirming_twice_is_not_allowed_from_the_confirmed_state() -> None:
     with pytest.raises(NotAllowedFromState):
-        decide(_order(Status.CONFIRMED, 2), Status.CONFIRMED, roles=frozenset({"supervisor"}))
+        _order(Status.CONFIRMED, 2).confirm(actor_id="u-1", roles=frozenset({"supervisor"}))
 
 
 def test_a_cancelled_order_cannot_be_cancelled_again() -> None:
     with pytest.raises(NotAllowedFromState):
-        decide(_order(Status.CANCELLED, 2), Status.CANCELLED, roles=frozenset({"sales"}),
-               reason="again")
+        _order(Status.CANCELLED, 2).cancel(actor_id="u-1", roles=frozenset({"sales"}),
+                                           reason="again")
 
 
 def test_a_confirmed_order_can_be_cancelled_with_a_reason() -> None:
-    decide(_order(Status.CONFIRMED, 2), Status.CANCELLED, roles=frozenset({"supervisor"}),
-           reason="customer withdrew")
+    order = _order(Status.CONFIRMED, 2)
+    order.cancel(actor_id="u-boss", roles=frozenset({"supervisor"}), reason="  customer withdrew ")
+    [event] = order.pull_events()
+    assert isinstance(event, OrderCancelled)
+    assert (event.from_status, event.version, event.reason) == (
+        Status.CONFIRMED, 3, "customer withdrew")
+    fact = event.audit()
+    assert (fact.action, fact.from_state, fact.to_state, fact.reason) == (
+        "order.cancelled", "confirmed", "cancelled", "customer withdrew")
 
 
 def test_cancelling_needs_a_reason() -> None:
-    with pytest.raises(ReasonRequired):
-        decide(_order(), Status.CANCELLED, roles=frozenset({"sales"}), reason="  ")
+    with pytest.raises(InvalidInput):
+        _order().cancel(actor_id="u-1", roles=frozenset({"sales"}), reason="  ")
 
 
 def test_the_warehouse_may_not_confirm_an_order() -> None:
     with pytest.raises(Forbidden):
-        decide(_order(), Status.CONFIRMED, roles=frozenset({"warehouse"}))
+        _order().confirm(actor_id="u-1", roles=frozenset({"warehouse"}))
 
 
 def test_the_system_may_not_cancel_an_order() -> None:
     with pytest.raises(Forbidden):
-        decide(_order(), Status.CANCELLED, roles=frozenset({SYSTEM}), reason="no")
+        _order().cancel(actor_id="order", roles=SYSTEM_ROLES, reason="no")
 
 
 def test_a_change_based_on_a_stale_version_is_refused() -> None:
     with pytest.raises(StaleVersion):
-        decide(_order(version=3), Status.CONFIRMED, roles=frozenset({"sales"}), expected_version=2)
+        _order(version=3).confirm(actor_id="u-1", roles=frozenset({"sales"}), expected_version=2)
+
+
+def test_a_refused_change_leaves_the_order_as_it_was() -> None:
+    order = _order()
+    with pytest.raises(Forbidden):
+        order.confirm(actor_id="u-1", roles=frozenset({"warehouse"}))
+    assert (order.status, order.version, order.events) == (Status.RECEIVED, 1, [])
 
 
 def test_the_audit_names_a_role_the_table_allows() -> None:
-    assert acting_role(Status.CONFIRMED, {"planner", "supervisor"}) == "supervisor"
-    assert acting_role(Status.RECEIVED, {"sales", "ops"}) == "sales"
+    order = _order()
+    order.confirm(actor_id="u-1", roles=frozenset({"planner", "supervisor"}))
+    [confirmed] = order.pull_events()
+    assert confirmed.actor is not None and confirmed.actor.role == "supervisor"
+    [received] = _received(roles=frozenset({"sales", "ops"})).pull_events()
+    assert received.actor is not None and received.actor.role == "sales"
+
+
+def test_a_received_order_records_version_one_with_its_audit_row() -> None:
+    order = _received()
+    [event] = order.pull_events()
+    assert isinstance(event, OrderReceived)
+    assert (order.status, order.version, event.version) == (Status.RECEIVED, 1, 1)
+    fact = event.audit()
+    assert (fact.action, fact.entity_id, fact.from_state, fact.to_state) == (
+        "order.received", str(order.id), None, "received")
+    assert fact.details == {"version": 1, "source": None, "external_ref": None,
+                            "customer_id": "C-1", "lines": 1}
+
+
+def test_an_order_is_created_only_as_received() -> None:
+    assert [edge for edge in WORKFLOW.rules if edge[0] is None] == [(None, Status.RECEIVED)]
+    with pytest.raises(NotAllowedFromState):
+        WORKFLOW.decide_creation(Status.CONFIRMED, roles=SYSTEM_ROLES)
 
 
 # ------------------------------------------------------------------ against the replicas

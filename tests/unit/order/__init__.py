@@ -1,0 +1,1 @@
+"""Unit tests of the order service (a package: its module names repeat those of tests/unit/dispatch)."""
