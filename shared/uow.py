@@ -171,8 +171,9 @@ class SqlAlchemyUnitOfWork(UnitOfWork[TX]):
             fact = event.audit()
             if fact is not None:
                 rows.add_audit(fact, actor, tx.correlation_id, tx.causation_id)
-            wire = event.wire if isinstance(event, _Emitted) else self._to_wire(event)
+            wire = self._to_wire(event)
             if wire is not None:
+                # An event may name its own id (to be known before commit); else a new one.
                 rows.add_outbox(wire, self.producer, actor, tx.correlation_id, tx.causation_id,
                                 event_id=getattr(event, "event_id", None))
         return rows
@@ -220,46 +221,3 @@ class ConnTransaction(Transaction):
     def __init__(self, conn: AsyncConnection, **context: Any) -> None:
         super().__init__(**context)
         self.conn = conn
-
-    # Transitional, for handlers not yet moved to aggregates with domain events: an audit row
-    # or a wire event written by hand, through the same collection at commit.
-    def record(self, *, actor: ActorLike | None = None, **fact: Any) -> None:
-        """Append an audit row (`AuditFact` fields); it commits with the change it describes."""
-        details = fact.pop("details", None) or {}
-        self.collect(_Recorded(AuditFact(details=details, **fact), actor))
-
-    def emit(self, event_type: str, data: dict[str, Any], *,
-             actor: ActorLike | None = None) -> uuid.UUID:
-        """Queue a wire event in the outbox; the relay publishes it after commit."""
-        emitted = _Emitted(WireEvent(event_type, data), actor)
-        self.collect(emitted)
-        return emitted.event_id
-
-
-class _Recorded(DomainEvent):
-    def __init__(self, fact: AuditFact, actor: ActorLike | None) -> None:
-        self.fact, self.actor = fact, actor
-
-    def audit(self) -> AuditFact:
-        return self.fact
-
-
-class _Emitted(DomainEvent):
-    def __init__(self, wire: WireEvent, actor: ActorLike | None) -> None:
-        self.wire, self.actor = wire, actor
-        self.event_id = uuid.uuid4()
-
-    def audit(self) -> None:
-        return None
-
-
-def nothing_on_the_wire(event: DomainEvent) -> WireEvent | None:
-    """`to_wire` of a service whose handlers still emit by hand (see `ConnTransaction.emit`)."""
-    return None
-
-
-def unit_of_work(engine: AsyncEngine, producer: str, metadata: sa.MetaData
-                 ) -> SqlAlchemyUnitOfWork[ConnTransaction]:
-    """A unit of work whose transactions are plain `ConnTransaction`s (transitional)."""
-    return SqlAlchemyUnitOfWork(engine, producer, metadata, transaction=ConnTransaction,
-                                to_wire=nothing_on_the_wire)

@@ -17,7 +17,7 @@ from shared.runtime import Runtime
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
-    settings = settings or Settings()  # type: ignore[call-arg]
+    settings = settings or Settings()
     runtime = Runtime.build(NAME, settings)
     uow = sql_unit_of_work(runtime.engine)
     runtime.document_events(publishers.PUBLISHED)

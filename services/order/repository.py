@@ -143,10 +143,10 @@ ORDERS_WITH_LINES = sa.select(customer_order, _lines)
 # construction and cache keys than executing it (measured: ~370 µs against ~20 µs an insert).
 
 
-def _facts_query(source_matches: sa.ColumnElement[bool] | None = None) -> sa.CompoundSelect:
+def _facts_query(source_matches: sa.ColumnElement[bool] | None = None) -> sa.CompoundSelect[Any]:
     """One round trip: the customer, the products, and (with a source condition) the ref's order."""
     null_text = sa.cast(sa.null(), sa.Text)
-    parts: list[sa.Select] = [
+    parts: list[Any] = [
         sa.select(
             sa.literal_column("'customer'").label("kind"),
             customer.c.id.label("id"),

@@ -23,9 +23,14 @@ from shared.db.engine import make_engine
 from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology
-from shared.uow import UnitOfWork, unit_of_work
 from tests.faults import DelayingProxy
-from tests.integration.widget_schema import METADATA, OUTBOX, WIDGET, create_schema
+from tests.integration.widget_schema import (
+    OUTBOX,
+    WIDGET,
+    WidgetUow,
+    create_schema,
+    widget_unit_of_work,
+)
 
 ACTOR = Actor(id="u-1042", role="planner")
 REPLY_DELAY = 0.3  # the server's replies arrive this late while a cancellation is being aimed
@@ -75,7 +80,7 @@ async def observer(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def make_widget(uow: UnitOfWork, widget_id: str, *, inbox: bool = True,
+async def make_widget(uow: WidgetUow, widget_id: str, *, inbox: bool = True,
                       hold: asyncio.Event | None = None, reached: asyncio.Event | None = None) -> None:
     """A consumer's unit of work: inbox row, business row, audit row and event, one commit."""
     async with uow.begin(
@@ -120,7 +125,7 @@ async def cancel_when_sent(proxy: DelayingProxy, marker: bytes, task: asyncio.Ta
 
 
 async def assert_pool_commits_for_real(
-    uow: UnitOfWork, observer: AsyncEngine, app_name: str, cancelled: str | None
+    uow: WidgetUow, observer: AsyncEngine, app_name: str, cancelled: str | None
 ) -> None:
     """Three more units of work on the same pool all commit; no session is left in a transaction."""
     after = [f"after-{i}" for i in range(3)]
@@ -138,7 +143,7 @@ async def assert_pool_commits_for_real(
 async def test_a_unit_of_work_cancelled_while_awaiting_begin_leaves_the_pool_committing_for_real(
     pooled: AsyncEngine, proxy: DelayingProxy, observer: AsyncEngine, app_name: str
 ) -> None:
-    uow = unit_of_work(pooled, "cancel", METADATA)
+    uow = widget_unit_of_work(pooled, "cancel")
     await make_widget(uow, "warm-up")
 
     task = asyncio.create_task(make_widget(uow, "cancelled"))
@@ -163,7 +168,7 @@ async def test_a_unit_of_work_cancelled_at_any_await_leaves_no_connection_in_a_t
 ) -> None:
     # No warm-up unit of work: the first time a statement runs on a connection its text is sent
     # (a Parse message), which is what the proxy recognises.
-    uow = unit_of_work(pooled, "cancel", METADATA)
+    uow = widget_unit_of_work(pooled, "cancel")
     task = asyncio.create_task(make_widget(uow, "cancelled"))
     await cancel_when_sent(proxy, AWAITS[awaiting], task)
 
@@ -176,7 +181,7 @@ async def test_a_unit_of_work_cancelled_at_any_await_leaves_no_connection_in_a_t
 async def test_a_unit_of_work_cancelled_between_statements_leaves_no_connection_in_a_transaction(
     pooled: AsyncEngine, observer: AsyncEngine, app_name: str
 ) -> None:
-    uow = unit_of_work(pooled, "cancel", METADATA)
+    uow = widget_unit_of_work(pooled, "cancel")
     reached, hold = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(make_widget(uow, "cancelled", reached=reached, hold=hold))
     await asyncio.wait_for(reached.wait(), 10)
@@ -190,7 +195,7 @@ async def test_a_unit_of_work_cancelled_between_statements_leaves_no_connection_
 async def test_a_unit_of_work_cancelled_while_waiting_for_a_pooled_connection_harms_nobody(
     pooled: AsyncEngine, observer: AsyncEngine, app_name: str
 ) -> None:
-    uow = unit_of_work(pooled, "cancel", METADATA)
+    uow = widget_unit_of_work(pooled, "cancel")
     reached, hold = asyncio.Event(), asyncio.Event()
     holder = asyncio.create_task(make_widget(uow, "holder", reached=reached, hold=hold))
     await asyncio.wait_for(reached.wait(), 10)
@@ -224,7 +229,7 @@ async def test_a_relay_pass_cancelled_at_any_await_leaves_no_connection_in_a_tra
         queue = await (await channel.channel()).declare_queue(
             rabbit_janitor.queue(f"{namespace}.probe"), exclusive=True)
         await queue.bind(topology.events.name, routing_key="widget.#")
-        await make_widget(unit_of_work(observer, "cancel", METADATA), "to-relay", inbox=False)
+        await make_widget(widget_unit_of_work(observer, "cancel"), "to-relay", inbox=False)
         relay = OutboxRelay(pooled, broker, topology, poll_interval_s=30.0)
 
         task = asyncio.create_task(relay.drain())
@@ -233,7 +238,7 @@ async def test_a_relay_pass_cancelled_at_any_await_leaves_no_connection_in_a_tra
         # (the consumers' inboxes absorb the duplicate), never zero times.
         assert await unsent_events(observer) == 1
 
-        uow = unit_of_work(pooled, "cancel", METADATA)
+        uow = widget_unit_of_work(pooled, "cancel")
         await assert_pool_commits_for_real(uow, observer, app_name, cancelled=None)
         assert await relay.drain() == 4
         assert await unsent_events(observer) == 0
@@ -257,5 +262,5 @@ async def test_a_pooled_session_left_inside_a_transaction_is_replaced_not_reused
         raw = await conn.get_raw_connection()
         await raw.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
 
-    await assert_pool_commits_for_real(unit_of_work(pooled, "cancel", METADATA), observer, app_name,
+    await assert_pool_commits_for_real(widget_unit_of_work(pooled, "cancel"), observer, app_name,
                                        cancelled=None)

@@ -35,8 +35,15 @@ from shared.db.engine import make_engine
 from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, Topology
-from shared.uow import Duplicate, UnitOfWork, unit_of_work
-from tests.integration.widget_schema import AUDIT, METADATA, OUTBOX, WIDGET, create_schema
+from shared.uow import Duplicate
+from tests.integration.widget_schema import (
+    AUDIT,
+    OUTBOX,
+    WIDGET,
+    WidgetUow,
+    create_schema,
+    widget_unit_of_work,
+)
 
 SERVICE = "testsvc"
 ACTOR = Actor(id="u-1042", role="planner")
@@ -70,8 +77,8 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def uow(engine: AsyncEngine) -> UnitOfWork:
-    return unit_of_work(engine, SERVICE, METADATA)
+def uow(engine: AsyncEngine) -> WidgetUow:
+    return widget_unit_of_work(engine, SERVICE)
 
 
 @pytest.fixture
@@ -189,7 +196,7 @@ async def scalar(engine: AsyncEngine, query: sa.Executable | str) -> Any:
 
 
 async def make_widget(
-    uow: UnitOfWork,
+    uow: WidgetUow,
     widget_id: str,
     *,
     routing_key: str = "widget.made",
@@ -208,7 +215,7 @@ async def make_widget(
 
 
 async def test_an_event_committed_with_its_business_row_is_published_once_as_the_wire_contract_says(
-    uow: UnitOfWork, engine: AsyncEngine, relay: OutboxRelay, probe: Any
+    uow: WidgetUow, engine: AsyncEngine, relay: OutboxRelay, probe: Any
 ) -> None:
     recorder = await probe("widget.#")
     correlation_id = uuid.uuid4()
@@ -248,7 +255,7 @@ async def test_an_event_committed_with_its_business_row_is_published_once_as_the
 
 
 async def test_a_rolled_back_transaction_publishes_nothing_and_leaves_no_audit_or_outbox_row(
-    uow: UnitOfWork, engine: AsyncEngine, relay: OutboxRelay, probe: Any
+    uow: WidgetUow, engine: AsyncEngine, relay: OutboxRelay, probe: Any
 ) -> None:
     recorder = await probe("widget.#")
 
@@ -286,7 +293,7 @@ class WatchedRelay(OutboxRelay):
 
 
 async def test_the_relay_wakes_on_notify_at_commit_instead_of_waiting_for_its_poll(
-    uow: UnitOfWork, engine: AsyncEngine, broker: RabbitBroker, topology: Topology, probe: Any
+    uow: WidgetUow, engine: AsyncEngine, broker: RabbitBroker, topology: Topology, probe: Any
 ) -> None:
     recorder = await probe("widget.#")
     relay = WatchedRelay(engine, broker, topology, poll_interval_s=30.0)
@@ -306,7 +313,7 @@ async def test_the_relay_wakes_on_notify_at_commit_instead_of_waiting_for_its_po
 
 
 async def test_an_unroutable_event_stays_unsent_with_its_error_until_a_queue_is_bound(
-    uow: UnitOfWork, engine: AsyncEngine, relay: OutboxRelay, probe: Any
+    uow: WidgetUow, engine: AsyncEngine, relay: OutboxRelay, probe: Any
 ) -> None:
     event_id = await make_widget(uow, "w-1", routing_key="widget.lonely")
 
@@ -331,7 +338,7 @@ async def test_an_unroutable_event_stays_unsent_with_its_error_until_a_queue_is_
 
 
 async def test_unroutable_events_do_not_hold_back_the_events_behind_them(
-    uow: UnitOfWork, engine: AsyncEngine, broker: RabbitBroker, topology: Topology, probe: Any
+    uow: WidgetUow, engine: AsyncEngine, broker: RabbitBroker, topology: Topology, probe: Any
 ) -> None:
     recorder = await probe("widget.made")
     for i in range(3):  # more than a batch of events nobody listens to, then one that routes
@@ -351,7 +358,7 @@ async def test_unroutable_events_do_not_hold_back_the_events_behind_them(
 
 
 async def test_two_relays_on_one_outbox_publish_each_of_200_events_exactly_once(
-    uow: UnitOfWork,
+    uow: WidgetUow,
     engine: AsyncEngine,
     database_url: str,
     broker: RabbitBroker,
@@ -392,7 +399,7 @@ async def test_two_relays_on_one_outbox_publish_each_of_200_events_exactly_once(
 # --------------------------------------------------------------------------------------------
 
 
-async def handle_widget_message(uow: UnitOfWork, consumer: str, message_id: str) -> None:
+async def handle_widget_message(uow: WidgetUow, consumer: str, message_id: str) -> None:
     """A consumer's use case: its effect (a row with a fresh id each time) and an audit row."""
     async with uow.begin(actor=ACTOR, inbox=(consumer, message_id)) as tx:
         effect_id = f"{consumer}:{message_id}:{uuid.uuid4().hex}"
@@ -401,7 +408,7 @@ async def handle_widget_message(uow: UnitOfWork, consumer: str, message_id: str)
 
 
 async def test_a_message_handled_twice_through_the_inbox_has_one_effect(
-    uow: UnitOfWork, engine: AsyncEngine
+    uow: WidgetUow, engine: AsyncEngine
 ) -> None:
     await handle_widget_message(uow, "widgets", "m-1")
     with pytest.raises(Duplicate):
@@ -417,7 +424,7 @@ async def test_a_message_handled_twice_through_the_inbox_has_one_effect(
 
 
 async def test_a_failed_effect_leaves_no_inbox_row_so_the_redelivery_is_handled(
-    uow: UnitOfWork, engine: AsyncEngine
+    uow: WidgetUow, engine: AsyncEngine
 ) -> None:
     with pytest.raises(RuntimeError):
         async with uow.begin(actor=ACTOR, inbox=("widgets", "m-1")):
@@ -431,7 +438,7 @@ class WidgetMade(Contract):
 
 
 async def test_duplicates_from_a_relay_that_crashed_before_marking_sent_have_one_effect_each(
-    uow: UnitOfWork,
+    uow: WidgetUow,
     engine: AsyncEngine,
     relay: OutboxRelay,
     new_broker: Callable[[], RabbitBroker],
@@ -537,7 +544,7 @@ class PolicyConsumer:
 
 @pytest.fixture
 async def policy_consumer(
-    uow: UnitOfWork,
+    uow: WidgetUow,
     new_broker: Callable[[], RabbitBroker],
     topology: Topology,
     channel: AbstractChannel,
@@ -714,7 +721,7 @@ def _death_reason(message: AbstractIncomingMessage) -> str:
 
 
 async def test_the_audit_log_refuses_update_delete_and_truncate(
-    uow: UnitOfWork, engine: AsyncEngine
+    uow: WidgetUow, engine: AsyncEngine
 ) -> None:
     await make_widget(uow, "w-1")
     for statement in (
