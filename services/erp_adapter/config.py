@@ -11,9 +11,8 @@ NAME = "erp_adapter"
 
 
 class Settings(ServiceSettings):
-    # The database is `<prefix>_erp` (DESIGN.md); the process and event producer is `erp_adapter`.
-    service: ClassVar[str] = "erp"
-    default_http_port: ClassVar[int] = 8004
+    # Its database is `<prefix>_erp` (DESIGN.md): the registry's database suffix, not its name.
+    service: ClassVar[str] = NAME
 
     import_batch_size: int = Field(
         default=500, ge=1, le=10_000, description="records written per import transaction"
