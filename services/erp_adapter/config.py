@@ -1,8 +1,8 @@
-"""Settings of the erp_adapter service and of its import command."""
+"""Settings of the erp_adapter service (the import command reads them too)."""
 
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 
 from shared.config import ServiceSettings
 
@@ -21,16 +21,3 @@ class Settings(ServiceSettings):
         default=50 * 1024 * 1024, ge=1, description="largest export file an upload may send"
     )
 
-
-class ImportSettings(Settings):
-    """Settings of the import command: it serves no HTTP, so it needs no JWT secret."""
-
-    jwt_secret: SecretStr | None = None  # type: ignore[assignment]
-
-    @field_validator("jwt_secret")
-    @classmethod
-    def _not_a_placeholder(  # type: ignore[override]
-        cls, value: SecretStr | None
-    ) -> SecretStr | None:
-        # Overrides the service check by name: the command never verifies a token.
-        return value
