@@ -59,6 +59,8 @@ def parse_ship_to(value: str) -> dict[str, str]:
 
 
 class ShipTo(click.ParamType):
+    """`--ship-to 'Name;Street;City;Postcode;CC'`."""
+
     name = "'Name;Street;City;Postcode;CC'"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, str]:
@@ -71,6 +73,8 @@ class ShipTo(click.ParamType):
 
 
 class SystemName(click.ParamType):
+    """The name of an outside system, as its routing keys `ext.<system>.*` carry it."""
+
     name = "SYSTEM"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
