@@ -54,13 +54,13 @@ services-up: ## make sure RabbitMQ and PostgreSQL answer (starts local ones if n
 	@scripts/ensure_servers.sh
 
 migrate: venv services-up ## create the four databases if missing and migrate them to head
-	$(PY) -m shared.cli db setup
+	$(PY) -m spine_cli db setup
 
 topology: venv services-up ## declare the events and dead-letter exchanges
-	$(PY) -m shared.cli topology declare
+	$(PY) -m spine_cli topology declare
 
 run: venv env services-up migrate topology ## run the four services in the foreground (Ctrl-C stops)
-	$(PY) -m services.erp_adapter.cli import $(ERP_SAMPLES)
+	$(PY) -m spine_cli erp import $(ERP_SAMPLES)
 	$(PY) scripts/run.py
 
 test: venv env services-up ## all tests: unit, integration and e2e (one pytest run)
@@ -80,7 +80,7 @@ bench: venv env services-up ## Spine vs the reference pipeline, interleaved (BEN
 
 lint: venv ## ruff and mypy
 	.venv/bin/ruff check .
-	$(PY) -m mypy shared services bench
+	$(PY) -m mypy shared services bench spine_cli
 
 clean: ## remove caches (keeps .venv, .tools and .env)
 	find . -path ./.venv -prune -o -path ./.tools -prune -o -type d \

@@ -61,8 +61,9 @@ import asyncpg  # noqa: E402
 import uvloop  # noqa: E402
 
 from bench.common import cpu_snapshot, cpu_split, monotonic, ms, pct, say  # noqa: E402
-from bench.stack import ROOT, SERVICES, Stack  # noqa: E402
+from bench.stack import ROOT, Stack  # noqa: E402
 from shared.contracts.envelope import Actor, new_envelope  # noqa: E402
+from shared.registry import NAMES as SERVICES  # noqa: E402
 
 SYSTEM = "bench"
 ROUTING_KEY = f"ext.{SYSTEM}.order.submitted"
@@ -397,7 +398,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, int]:
         say(f"  {label}: starting isolated stack {stack.namespace} "
             f"(4 databases, topology, 4 services, ERP reference data)")
         t_start = monotonic()
-        await stack.start(ready_limit_s=args.ready_timeout)
+        await stack.start(ready_timeout_s=args.ready_timeout)
         start_s = monotonic() - t_start
         # What the stack costs doing nothing (relays' safety polls, heartbeats, …), over 2 s.
         i0 = cpu_snapshot()

@@ -17,10 +17,15 @@ from pathlib import Path
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python scripts/run.py` puts scripts/ first, not the root
+    sys.path.insert(0, str(REPO_ROOT))
 
-SERVICES = {"order": 8001, "dispatch": 8002, "notification": 8003, "erp_adapter": 8004}
-LABEL_WIDTH = max(len(name) for name in SERVICES)
-COLOURS = {"order": 36, "dispatch": 35, "notification": 33, "erp_adapter": 32}
+from shared.registry import SERVICES, Service  # noqa: E402
+
+LABEL_WIDTH = max(len(service.name) for service in SERVICES)
+# ANSI colours, handed out in registry order: each service's lines keep one colour.
+PALETTE = (36, 35, 33, 32, 34, 31)
+COLOURS = {service.name: PALETTE[i % len(PALETTE)] for i, service in enumerate(SERVICES)}
 STOP_TIMEOUT_S = 25.0
 READY_TIMEOUT_S = 90.0
 
@@ -62,11 +67,11 @@ class Child:
         return paint(self.name.ljust(LABEL_WIDTH), COLOURS.get(self.name, 37))
 
 
-async def start(name: str, port: int, env: dict[str, str]) -> Child:
+async def start(service: Service, env: dict[str, str]) -> Child:
     # Own session (process group): a terminal Ctrl-C reaches only this runner, which then sends
     # exactly one SIGTERM. A second signal would make uvicorn skip its graceful shutdown.
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", f"services.{name}.main",
+        sys.executable, "-m", service.module,
         cwd=REPO_ROOT,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
@@ -76,7 +81,7 @@ async def start(name: str, port: int, env: dict[str, str]) -> Child:
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         limit=1 << 20,
     )
-    child = Child(name, port, process)
+    child = Child(service.name, service.http_port, process)
     child.pump = asyncio.create_task(pump(child))
     return child
 
@@ -191,7 +196,7 @@ async def run() -> int:
         loop.add_signal_handler(sig, stopping.set)
 
     env = child_env()
-    children = [await start(name, port, env) for name, port in SERVICES.items()]
+    children = [await start(service, env) for service in SERVICES]
     say(f"started {', '.join(f'{c.name} (pid {c.process.pid})' for c in children)}")
     ready = asyncio.create_task(wait_until_ready(children))
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared import registry
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", "dev", "test"}
 
@@ -15,8 +17,8 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPINE_", env_file=".env", extra="ignore")
 
+    # The service's name in `shared.registry`, which gives its database and default port.
     service: ClassVar[str] = ""
-    default_http_port: ClassVar[int] = 8000
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     pg_url: str = Field(
@@ -39,6 +41,17 @@ class ServiceSettings(BaseSettings):
     delivery_limit: int = Field(default=5, ge=1)
     log_level: str = "INFO"
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.service:
+            registry.get(cls.service)  # a misspelt name fails at import, not at first use
+
+    @classmethod
+    def registered(cls) -> registry.Service:
+        """This service's entry in the registry."""
+        return registry.get(cls.service)
+
     @field_validator("jwt_secret")
     @classmethod
     def _not_a_placeholder(cls, value: SecretStr) -> SecretStr:
@@ -48,7 +61,7 @@ class ServiceSettings(BaseSettings):
 
     @property
     def database_name(self) -> str:
-        return f"{self.db_prefix}_{self.service}"
+        return self.registered().database(self.db_prefix)
 
     @property
     def database_url(self) -> str:
@@ -58,4 +71,4 @@ class ServiceSettings(BaseSettings):
 
     @property
     def port(self) -> int:
-        return self.http_port or self.default_http_port
+        return self.http_port or self.registered().http_port

@@ -1,8 +1,8 @@
-"""Settings of the erp_adapter service and of its import command."""
+"""Settings of the erp_adapter service (the import command reads them too)."""
 
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 
 from shared.config import ServiceSettings
 
@@ -11,9 +11,8 @@ NAME = "erp_adapter"
 
 
 class Settings(ServiceSettings):
-    # The database is `<prefix>_erp` (DESIGN.md); the process and event producer is `erp_adapter`.
-    service: ClassVar[str] = "erp"
-    default_http_port: ClassVar[int] = 8004
+    # Its database is `<prefix>_erp` (DESIGN.md): the registry's database suffix, not its name.
+    service: ClassVar[str] = NAME
 
     import_batch_size: int = Field(
         default=500, ge=1, le=10_000, description="records written per import transaction"
@@ -22,16 +21,3 @@ class Settings(ServiceSettings):
         default=50 * 1024 * 1024, ge=1, description="largest export file an upload may send"
     )
 
-
-class ImportSettings(Settings):
-    """Settings of the import command: it serves no HTTP, so it needs no JWT secret."""
-
-    jwt_secret: SecretStr | None = None  # type: ignore[assignment]
-
-    @field_validator("jwt_secret")
-    @classmethod
-    def _not_a_placeholder(  # type: ignore[override]
-        cls, value: SecretStr | None
-    ) -> SecretStr | None:
-        # Overrides the service check by name: the command never verifies a token.
-        return value

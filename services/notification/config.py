@@ -7,4 +7,3 @@ from shared.config import ServiceSettings
 
 class Settings(ServiceSettings):
     service: ClassVar[str] = "notification"
-    default_http_port: ClassVar[int] = 8003

@@ -9,6 +9,8 @@ from typing import Any
 import aio_pika
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
 
+from shared.registry import SERVICES
+
 ERROR_HEADER = "x-spine-error"
 QUEUE_HEADER = "x-spine-queue"
 ROUTING_KEY_HEADER = "x-spine-routing-key"
@@ -59,22 +61,11 @@ class Topology:
         )
 
 
-# Every consuming queue, by service: (purpose, binding key). Services subscribe from this table
-# and the `spine dlq` commands derive queue names from it, because without the management
-# plugin there is no way to ask the broker which queues exist.
+# Every consuming queue, by service: (purpose, binding key), as the registry declares them.
+# Services subscribe from this table and the `spine dlq` commands derive queue names from it,
+# because without the management plugin there is no way to ask the broker which queues exist.
 CONSUMER_QUEUES: dict[str, list[tuple[str, str]]] = {
-    "order": [
-        ("order-submitted", "ext.*.order.submitted"),
-        ("customer-upserted", "erp.customer.upserted"),
-        ("product-upserted", "erp.product.upserted"),
-    ],
-    "dispatch": [
-        ("order-confirmed", "order.confirmed"),
-        ("order-cancelled", "order.cancelled"),
-    ],
-    # order.* too: the answers to outside systems (order.received/rejected) need a consumer in
-    # Spine, or `mandatory` would leave them unroutable whenever no outside queue is bound.
-    "notification": [("events", "dispatch.#"), ("order-events", "order.*")],
+    service.name: list(service.consumer_queues) for service in SERVICES if service.consumer_queues
 }
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -27,11 +27,10 @@ import asyncpg
 import httpx
 import pytest
 
+from shared import registry
 from shared.contracts.envelope import Actor, new_envelope
-from shared.db.migrate import drop_database, ensure_database, upgrade
-from shared.messaging.topology import Topology, declare_all
-from tests.conftest import RabbitJanitor, Servers
-from tests.e2e.conftest import free_port, spawn_service
+from shared.stack import IsolatedStack
+from tests.conftest import Servers
 
 RESTARTS = 2
 OUTAGE_S = 2.0
@@ -113,35 +112,15 @@ async def notification(
     servers: Servers, namespace: str, tmp_path: Path
 ) -> AsyncIterator[dict[str, Any]]:
     """The notification service alone, as a process, on its own database and namespace."""
-    database = f"{namespace}_notification"
-    await ensure_database(servers.pg_url, database)
-    pg_async = servers.pg_url.replace("postgresql://", "postgresql+asyncpg://", 1)
-    await asyncio.to_thread(upgrade, "notification", f"{pg_async}/{database}")
-    connection = await aio_pika.connect(servers.amqp_url)
+    stack = IsolatedStack(namespace=namespace, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
+                          log_dir=tmp_path, secret=os.environ["SPINE_JWT_SECRET"],
+                          services=(registry.NOTIFICATION,))
     try:
-        declared = await declare_all(await connection.channel(), Topology(namespace))
+        await stack.start(ready_timeout_s=60.0)
+        yield {"proc": stack.procs["notification"], "url": stack.url("notification"),
+               "log": stack.log_path("notification"), "dsn": stack.dsn("notification")}
     finally:
-        await connection.close()
-    port, log = free_port(), tmp_path / "notification.log"
-    proc = spawn_service("notification", servers, namespace, port, log)
-    service = {"proc": proc, "url": f"http://127.0.0.1:{port}", "log": log,
-               "dsn": f"{servers.pg_url}/{database}"}
-    try:
-        await wait_ready(service)
-        yield service
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        janitor = RabbitJanitor(servers.amqp_url)
-        janitor.namespace(namespace)
-        for name in declared:
-            janitor.queue(name)
-        await janitor.clean()
-        await drop_database(servers.pg_url, database)
+        await stack.cleanup()
 
 
 async def wait_ready(service: dict[str, Any], timeout: float = 60.0) -> None:

@@ -22,11 +22,13 @@ import asyncpg
 import httpx
 import pytest
 
-from services.erp_adapter import cli
 from services.erp_adapter.config import Settings
 from services.erp_adapter.main import build
 from shared.auth import JwtVerifier
 from shared.db.migrate import downgrade, drop_database, ensure_database, upgrade
+from spine_cli import erp as erp_command
+from spine_cli import settings as cli_settings
+from spine_cli.main import main as spine
 from tests.conftest import Servers
 
 pytestmark = pytest.mark.integration
@@ -313,8 +315,9 @@ async def test_the_command_imports_before_the_service_runs_and_the_service_publi
 ) -> None:
     # The command needs no JWT secret: it only writes to the database.
     monkeypatch.delenv("SPINE_JWT_SECRET")
+    monkeypatch.setattr(cli_settings, "ENV_FILE", erp.tmp_path / "no.env")
     samples = [str(SAMPLES / "customers.csv"), str(SAMPLES / "products.json")]
-    assert await asyncio.to_thread(cli.main, ["import", *samples]) == cli.EXIT_OK
+    assert await asyncio.to_thread(spine, ["erp", "import", *samples]) == erp_command.EXIT_OK
     out = capsys.readouterr().out
     assert "customers.csv: 5 rows — 5 new, 0 updated, 0 unchanged, 0 rejected" in out
     assert "products.json: 6 rows — 6 new, 0 updated, 0 unchanged, 0 rejected" in out
@@ -323,14 +326,14 @@ async def test_the_command_imports_before_the_service_runs_and_the_service_publi
 
     bad = erp.tmp_path / "more-products.csv"
     bad.write_text("product_id,name,uom\nP-900,Spring,EA\nP-901,,EA\n")
-    code = await asyncio.to_thread(cli.main, ["import", str(bad), "--kind", "products"])
-    assert code == cli.EXIT_REJECTED_ROWS
+    code = await asyncio.to_thread(spine, ["erp", "import", str(bad), "--kind", "products"])
+    assert code == erp_command.EXIT_REJECTED_ROWS
     out = capsys.readouterr().out
     assert "more-products.csv: 2 rows — 1 new, 0 updated, 0 unchanged, 1 rejected" in out
     assert "  row 3: name is empty" in out
 
-    code = await asyncio.to_thread(cli.main, ["import", str(erp.tmp_path / "missing.csv")])
-    assert code == cli.EXIT_UNUSABLE_INPUT
+    code = await asyncio.to_thread(spine, ["erp", "import", str(erp.tmp_path / "missing.csv")])
+    assert code == erp_command.EXIT_UNUSABLE_INPUT
     assert "missing.csv: cannot read" in capsys.readouterr().err
 
     async with erp.service():
@@ -343,8 +346,8 @@ async def test_the_command_refuses_a_database_that_is_not_migrated(
     erp: Erp, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await asyncio.to_thread(downgrade, "erp_adapter", erp.settings.database_url)
-    code = await asyncio.to_thread(cli.main, ["import", str(SAMPLES / "customers.csv")])
-    assert code == cli.EXIT_NO_DATABASE
+    code = await asyncio.to_thread(spine, ["erp", "import", str(SAMPLES / "customers.csv")])
+    assert code == erp_command.EXIT_NO_DATABASE
     assert "is not migrated" in capsys.readouterr().err
 
 

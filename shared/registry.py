@@ -1,0 +1,74 @@
+"""The services of Spine, written down once: name, HTTP port, database, queues, entry point.
+
+Settings, the topology, the operator CLI, `make run`, the end-to-end tests and the bench all
+read this table, so adding or renaming a service is one edit here (plus its folder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service: its folder under `services/`, its port and database, the queues it consumes."""
+
+    name: str
+    http_port: int
+    # The database is `<prefix>_<database_suffix>`; only the erp_adapter's differs from its name
+    # (`spine_erp`, fixed by DESIGN.md and by the database roles in deploy/).
+    database_suffix: str
+    # (purpose, binding key) of each quorum queue `spine.<name>.<purpose>` it consumes from.
+    consumer_queues: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def module(self) -> str:
+        """The entry point: `python -m <module>` runs the service."""
+        return f"services.{self.name}.main"
+
+    def database(self, prefix: str) -> str:
+        """Name of this service's database under a prefix (SPINE_DB_PREFIX or a test's own)."""
+        return f"{prefix}_{self.database_suffix}"
+
+
+ORDER = Service(
+    "order",
+    http_port=8001,
+    database_suffix="order",
+    consumer_queues=(
+        ("order-submitted", "ext.*.order.submitted"),
+        ("customer-upserted", "erp.customer.upserted"),
+        ("product-upserted", "erp.product.upserted"),
+    ),
+)
+DISPATCH = Service(
+    "dispatch",
+    http_port=8002,
+    database_suffix="dispatch",
+    consumer_queues=(
+        ("order-confirmed", "order.confirmed"),
+        ("order-cancelled", "order.cancelled"),
+    ),
+)
+NOTIFICATION = Service(
+    "notification",
+    http_port=8003,
+    database_suffix="notification",
+    # order.* too: the answers to outside systems (order.received/rejected) need a consumer in
+    # Spine, or `mandatory` would leave them unroutable whenever no outside queue is bound.
+    consumer_queues=(("events", "dispatch.#"), ("order-events", "order.*")),
+)
+ERP_ADAPTER = Service("erp_adapter", http_port=8004, database_suffix="erp")
+
+SERVICES: tuple[Service, ...] = (ORDER, DISPATCH, NOTIFICATION, ERP_ADAPTER)
+BY_NAME: MappingProxyType[str, Service] = MappingProxyType({s.name: s for s in SERVICES})
+NAMES: tuple[str, ...] = tuple(BY_NAME)
+
+
+def get(name: str) -> Service:
+    """The service called `name`; a KeyError that lists the known names otherwise."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no service {name!r}; the services are {', '.join(NAMES)}") from None

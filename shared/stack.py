@@ -1,0 +1,257 @@
+"""An isolated Spine for the end-to-end tests and the bench: its own databases, namespace, processes.
+
+`IsolatedStack.start()` creates fresh databases `<namespace>_<suffix>` and migrates them with
+Alembic, declares the namespace's topology (`declare_all`) before any service runs, and starts
+the services of `shared.registry` as real processes on free ports until each answers /readyz.
+`stop()` sends SIGTERM and reports any service that does not stop cleanly; `cleanup()` stops
+what still runs, deletes the queues and exchanges and drops the databases. It is safe after a
+partial start and more than once. No service code imports this; it is tooling around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import httpx
+
+from shared import registry
+from shared.db.migrate import drop_database, ensure_database, upgrade
+from shared.messaging.topology import Topology, declare_all, delete_broker_objects, namespace_objects
+from shared.registry import Service
+from shared.tokens import JwtVerifier
+
+ROOT = Path(__file__).resolve().parents[1]
+ERP_SAMPLES = ("samples/erp/customers.csv", "samples/erp/products.json")
+
+
+class StackError(RuntimeError):
+    """The stack could not be started: a service exited, or did not become ready."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies outright, so no service is orphaned."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn_service(service: Service, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `python -m services.<name>.main` with `env` over this process's environment."""
+    # Own session: a Ctrl-C in the terminal reaches only the caller, which stops the services
+    # with one SIGTERM (a second signal would make uvicorn skip its graceful shutdown).
+    # PR_SET_PDEATHSIG fires when the spawning *thread* ends, so call this from a long-lived one.
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", service.module],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+
+async def _wait_stopped(name: str, proc: subprocess.Popen[bytes], grace_s: float) -> tuple[int, str | None]:
+    """Wait for a process already sent SIGTERM; returns its exit code and a problem, if any."""
+    try:
+        code = await asyncio.to_thread(proc.wait, grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = await asyncio.to_thread(proc.wait)
+        return code, f"{name} did not stop within {grace_s:.0f} s of SIGTERM (killed)"
+    # uvicorn re-raises SIGTERM after its clean shutdown, so -SIGTERM is a normal stop.
+    if code not in (0, -signal.SIGTERM):
+        return code, f"{name} exited with {code}"
+    return code, None
+
+
+@dataclass
+class IsolatedStack:
+    """Handles on one isolated stack; `await start()`, then `await cleanup()` in a `finally`."""
+
+    namespace: str  # also the database prefix
+    pg_url: str  # server URL, no database
+    amqp_url: str
+    log_dir: Path
+    secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    log_level: str = "INFO"
+    # More SPINE_* variables for every service process, e.g. {"SPINE_PREFETCH": "32"}.
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: tuple[Service, ...] = registry.SERVICES
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    databases: list[str] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+    _cleaned: bool = False
+
+    def __post_init__(self) -> None:
+        self.pg_url = self.pg_url.rstrip("/")
+
+    # ------------------------------------------------------------------ names
+    def database(self, service: str) -> str:
+        return registry.get(service).database(self.namespace)
+
+    def dsn(self, service: str) -> str:
+        """asyncpg DSN of a service's database."""
+        return f"{self.pg_url}/{self.database(service)}"
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.namespace}.events"
+
+    def log_path(self, service: str) -> Path:
+        return self.log_dir / f"{self.namespace}-{service}.log"
+
+    def log_lines(self, service: str) -> list[str]:
+        try:
+            return self.log_path(service).read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    def log_tail(self, service: str, lines: int = 20) -> str:
+        return "\n".join(self.log_lines(service)[-lines:])
+
+    def log_text(self) -> str:
+        """Every service's log, labelled: what a failed test or run shows."""
+        return "\n".join(f"--- {s.name}\n" + "\n".join(self.log_lines(s.name)) for s in self.services)
+
+    def pids(self) -> dict[int, str]:
+        return {p.pid: name for name, p in self.procs.items()}
+
+    def env(self, service: str) -> dict[str, str]:
+        """The SPINE_* variables one service process runs with."""
+        return {
+            "SPINE_AMQP_URL": self.amqp_url,
+            "SPINE_PG_URL": self.pg_url,
+            "SPINE_DB_PREFIX": self.namespace,
+            "SPINE_NAMESPACE": self.namespace,
+            "SPINE_JWT_SECRET": self.secret,
+            "SPINE_LOG_LEVEL": self.log_level,
+            **self.extra_env,
+            "SPINE_HTTP_PORT": str(self.ports[service]),
+        }
+
+    # ------------------------------------------------------------------ start
+    async def start(self, ready_timeout_s: float = 90.0) -> None:
+        """Databases, topology, the services until ready. Raises on any failure."""
+        await self.create_databases()
+        await self.declare_topology()
+        self.spawn()
+        await self.wait_ready(ready_timeout_s)
+
+    async def create_databases(self) -> None:
+        """Create and migrate a fresh database per service; refuses to reuse an existing one."""
+        pg_async = self.pg_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        for service in self.services:
+            name = service.database(self.namespace)
+            if not await ensure_database(self.pg_url, name):
+                raise StackError(f"database {name} already exists: refusing to reuse it")
+            self.databases.append(name)
+            await asyncio.to_thread(upgrade, service.name, f"{pg_async}/{name}")
+
+    async def declare_topology(self) -> None:
+        """Every exchange and queue, before any service can publish (as `make run` does)."""
+        # Registered before declaring: a failure half-way still deletes what was declared.
+        self.queues = sorted(set(self.queues) | set(namespace_objects(self.namespace)[0]))
+        connection = await aio_pika.connect(self.amqp_url)
+        try:
+            declared = await declare_all(await connection.channel(), Topology(self.namespace))
+        finally:
+            await connection.close()
+        self.queues = sorted(set(self.queues) | set(declared))
+
+    def spawn(self) -> None:
+        """Start every service as a process on a free port, logging to `log_path(service)`."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for service in self.services:
+            self.ports[service.name] = free_port()
+            self.procs[service.name] = spawn_service(
+                service, self.env(service.name), self.log_path(service.name)
+            )
+
+    async def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Until every service answers /readyz with 200; StackError if one exits or times out."""
+        deadline = time.monotonic() + timeout_s
+        pending = {s.name for s in self.services}
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while pending and time.monotonic() < deadline:
+                for name in sorted(pending):
+                    if (code := self.procs[name].poll()) is not None:
+                        raise StackError(f"{name} exited with {code} while starting:\n"
+                                         f"{self.log_tail(name, 40)}")
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{self.url(name)}/readyz")).status_code == 200:
+                            pending.discard(name)
+                await asyncio.sleep(0.2)
+        if pending:
+            raise StackError(f"not ready after {timeout_s:.0f} s: {sorted(pending)}\n"
+                             + "\n".join(f"--- {n}\n{self.log_tail(n, 40)}" for n in sorted(pending)))
+
+    async def upload_erp_samples(self) -> None:
+        """Upload the sample ERP export through the erp_adapter, as an integration user would."""
+        token = JwtVerifier(self.secret).issue("stack-integration", ["integration"])
+        async with httpx.AsyncClient(base_url=self.url(registry.ERP_ADAPTER.name), timeout=30) as client:
+            for path in ERP_SAMPLES:
+                response = await client.post(
+                    "/imports", files={"file": (Path(path).name, (ROOT / path).read_bytes())},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                if response.status_code != 200:
+                    raise StackError(f"ERP upload of {path}: HTTP {response.status_code} "
+                                     f"{response.text[:300]}")
+
+    # ------------------------------------------------------------------ stop & cleanup
+    async def stop(self, grace_s: float = 30.0) -> list[str]:
+        """SIGTERM every service (a graceful stop); returns the problems (empty when clean)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        problems = []
+        for name, proc in self.procs.items():
+            self.exit_codes[name], problem = await _wait_stopped(name, proc, grace_s)
+            if problem:
+                problems.append(problem)
+        return problems
+
+    async def cleanup(self) -> list[str]:
+        """Stop what still runs, delete the queues and exchanges, drop the databases."""
+        if self._cleaned:
+            return []
+        self._cleaned = True
+        failures: list[str] = []
+        if any(p.poll() is None for p in self.procs.values()):
+            failures += await self.stop()
+        failures += await delete_broker_objects(
+            self.amqp_url, self.queues, [self.exchange, f"{self.namespace}.dlx"])
+        for name in self.databases:
+            try:
+                await drop_database(self.pg_url, name)
+            except Exception as exc:
+                failures.append(f"database {name}: {exc}")
+        return failures
