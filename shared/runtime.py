@@ -49,7 +49,7 @@ class Runtime:
         broker = make_broker(
             settings.amqp_url, service=name, topology=topology, prefetch=settings.prefetch
         )
-        relay = OutboxRelay(engine, broker, topology)
+        relay = OutboxRelay(engine, settings.amqp_url, topology, name=name)
         return cls(name, settings, engine, broker, topology, relay)
 
     def document_events(self, events: Mapping[str, type[Any]]) -> None:

@@ -36,6 +36,7 @@ from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, Topology
 from shared.uow import Duplicate, UnitOfWork
+from tests.faults import DelayingProxy
 from tests.integration.widget_schema import AUDIT, METADATA, OUTBOX, WIDGET, create_schema
 
 SERVICE = "testsvc"
@@ -107,9 +108,26 @@ async def broker(new_broker: Callable[[], RabbitBroker], topology: Topology) -> 
 
 
 @pytest.fixture
-def relay(engine: AsyncEngine, broker: RabbitBroker, topology: Topology) -> OutboxRelay:
+async def new_relay(
+    engine: AsyncEngine, broker: RabbitBroker, servers: Any, topology: Topology
+) -> AsyncIterator[Callable[..., OutboxRelay]]:
+    """A factory of relays as a service builds them (the `broker` has declared the exchange)."""
+    made: list[OutboxRelay] = []
+
+    def build(on: AsyncEngine | None = None, **options: Any) -> OutboxRelay:
+        relay = OutboxRelay(on or engine, servers.amqp_url, topology, name=SERVICE, **options)
+        made.append(relay)
+        return relay
+
+    yield build
+    for relay in made:
+        await relay.close()
+
+
+@pytest.fixture
+def relay(new_relay: Callable[..., OutboxRelay]) -> OutboxRelay:
     """The relay as a service builds it; tests drive it one `drain()` at a time."""
-    return OutboxRelay(engine, broker, topology, poll_interval_s=30.0)
+    return new_relay(poll_interval_s=30.0)
 
 
 @pytest.fixture
@@ -286,10 +304,12 @@ class WatchedRelay(OutboxRelay):
 
 
 async def test_the_relay_wakes_on_notify_at_commit_instead_of_waiting_for_its_poll(
-    uow: UnitOfWork, engine: AsyncEngine, broker: RabbitBroker, topology: Topology, probe: Any
+    uow: UnitOfWork, engine: AsyncEngine, broker: RabbitBroker, servers: Any, topology: Topology,
+    probe: Any,
 ) -> None:
     recorder = await probe("widget.#")
-    relay = WatchedRelay(engine, broker, topology, poll_interval_s=30.0)
+    # `run()` closes the relay's connection on its way out.
+    relay = WatchedRelay(engine, servers.amqp_url, topology, poll_interval_s=30.0)
     task = asyncio.create_task(relay.run())
     try:
         # Once the relay has found the outbox empty it waits: for a NOTIFY, or for 30 s.
@@ -303,6 +323,36 @@ async def test_the_relay_wakes_on_notify_at_commit_instead_of_waiting_for_its_po
         await asyncio.wait_for(task, timeout=10)
     assert message.message_id == str(event_id)
     assert latency < 1.0, f"delivered {latency:.2f}s after commit: the relay did not wake on NOTIFY"
+
+
+async def test_the_relay_reconnects_by_itself_after_losing_the_broker_and_sends_what_waited(
+    uow: UnitOfWork, engine: AsyncEngine, broker: RabbitBroker, servers: Any, topology: Topology,
+    probe: Any,
+) -> None:
+    recorder = await probe("widget.#")
+    proxy = await DelayingProxy.for_url(servers.amqp_url).start()
+    relay = OutboxRelay(engine, proxy.url(servers.amqp_url), topology, poll_interval_s=0.2)
+    task = asyncio.create_task(relay.run())
+    try:
+        before = await make_widget(uow, "before")
+        await recorder.wait_for(1)
+
+        # The broker goes away: the relay's connection drops and reconnecting is refused.
+        proxy.refusing = True
+        proxy.cut()
+        during = await make_widget(uow, "during")
+        await asyncio.sleep(1.0)
+        assert await scalar(engine, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
+
+        proxy.refusing = False
+        messages = await recorder.wait_for(2, timeout=30)
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(task, timeout=10)
+        await proxy.close()
+    assert [m.message_id for m in messages] == [str(before), str(during)]
+    assert messages[1].delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert await scalar(engine, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
 
 
 async def test_an_unroutable_event_stays_unsent_with_its_error_until_a_queue_is_bound(
@@ -331,13 +381,13 @@ async def test_an_unroutable_event_stays_unsent_with_its_error_until_a_queue_is_
 
 
 async def test_unroutable_events_do_not_hold_back_the_events_behind_them(
-    uow: UnitOfWork, engine: AsyncEngine, broker: RabbitBroker, topology: Topology, probe: Any
+    uow: UnitOfWork, engine: AsyncEngine, new_relay: Callable[..., OutboxRelay], probe: Any
 ) -> None:
     recorder = await probe("widget.made")
     for i in range(3):  # more than a batch of events nobody listens to, then one that routes
         await make_widget(uow, f"lonely-{i}", routing_key="widget.lonely")
     event_id = await make_widget(uow, "w-1")
-    relay = OutboxRelay(engine, broker, topology, batch_size=2)
+    relay = new_relay(batch_size=2)
 
     with pytest.raises(Exception, match="3 event"):
         await relay.drain()
@@ -354,9 +404,7 @@ async def test_two_relays_on_one_outbox_publish_each_of_200_events_exactly_once(
     uow: UnitOfWork,
     engine: AsyncEngine,
     database_url: str,
-    broker: RabbitBroker,
-    new_broker: Callable[[], RabbitBroker],
-    topology: Topology,
+    new_relay: Callable[..., OutboxRelay],
     probe: Any,
 ) -> None:
     recorder = await probe("widget.#")
@@ -366,13 +414,12 @@ async def test_two_relays_on_one_outbox_publish_each_of_200_events_exactly_once(
             for i in range(20):
                 event_ids.add(str(tx.emit("widget.made", {"widget_id": f"w-{batch}-{i}"})))
 
-    # The second relay is another replica: its own engine and its own broker connection.
+    # The second relay is another replica: its own engine (and, as every relay, its own
+    # broker connection).
     other_engine = make_engine(database_url, pool_size=2, service=SERVICE)
-    other_broker = new_broker()
-    await other_broker.connect()
     try:
-        first = OutboxRelay(engine, broker, topology, batch_size=10)
-        second = OutboxRelay(other_engine, other_broker, topology, batch_size=10)
+        first = new_relay(batch_size=10)
+        second = new_relay(other_engine, batch_size=10)
         await asyncio.gather(first.drain(), second.drain())
     finally:
         await other_engine.dispose()
