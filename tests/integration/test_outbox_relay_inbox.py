@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry import trace
 from pydantic import Field
@@ -42,6 +42,12 @@ from tests.integration.widget_schema import AUDIT, METADATA, OUTBOX, WIDGET, cre
 SERVICE = "testsvc"
 ACTOR = Actor(id="u-1042", role="planner")
 DELIVERY_LIMIT = 3
+# The queues this file's subscribers consume, by purpose: its row of `CONSUMER_QUEUES`.
+QUEUES = {"widgets": "widget.#", "p": "t.#"}
+
+
+def queue_for(topology: Topology, purpose: str) -> RabbitQueue:
+    return topology.queue(SERVICE, purpose, QUEUES[purpose])
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -88,7 +94,8 @@ async def new_broker(
     made: list[RabbitBroker] = []
 
     def build() -> RabbitBroker:
-        broker = make_broker(servers.amqp_url, service=SERVICE, topology=topology, prefetch=16)
+        broker = make_broker(servers.amqp_url, service=SERVICE, topology=topology, prefetch=16,
+                             queues=[queue_for(topology, purpose) for purpose in QUEUES])
         made.append(broker)
         return broker
 
@@ -489,7 +496,7 @@ async def test_duplicates_from_a_relay_that_crashed_before_marking_sent_have_one
     consumer = new_broker()
     handled: list[str] = []
 
-    @consumer.subscriber(topology.queue("testsvc", "widgets", "widget.#"), topology.events)
+    @consumer.subscriber(queue_for(topology, "widgets"), topology.events)
     async def on_widget_made(event: Envelope[WidgetMade], msg: RabbitMessage) -> None:
         handled.append(msg.message_id)
         async with uow.begin(
@@ -553,8 +560,8 @@ async def declare_dead_letters(broker: RabbitBroker, topology: Topology) -> None
     await broker.connect()
     await broker.declare_exchange(topology.events)
     dlx = await broker.declare_exchange(topology.dead_letters)
-    for sub in broker.subscribers:
-        name = sub.queue.name  # type: ignore[attr-defined]
+    for purpose in QUEUES:
+        name = topology.queue_name(SERVICE, purpose)
         dlq = await broker.declare_queue(topology.dead_letter_queue(name))
         await dlq.bind(dlx, routing_key=name)
 
@@ -592,7 +599,7 @@ async def policy_consumer(
     broker = new_broker()
     attempts: Counter[str] = Counter()
 
-    @broker.subscriber(topology.queue("testsvc", "p", "t.#"), topology.events)
+    @broker.subscriber(queue_for(topology, "p"), topology.events)
     async def on_thing(event: Envelope[Thing], msg: RabbitMessage) -> None:
         attempts[msg.message_id] += 1
         if event.data.mode == "always_fail":
@@ -603,17 +610,21 @@ async def policy_consumer(
 
     await declare_dead_letters(broker, topology)
     await broker.start()
-    queue_name = topology.queue_name("testsvc", "p")
+    queue_name = topology.queue_name(SERVICE, "p")
     dlq = await channel.declare_queue(topology.dead_letter_queue(queue_name).name, passive=True)
     exchange = await channel.get_exchange(topology.events.name)
 
     async def publish(body: bytes | dict[str, Any], *, message_id: str,
-                      content_type: str = "application/json") -> None:
+                      content_type: str = "application/json", replayed: bool = False) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        await exchange.publish(
+        # A replay (`spine dlq replay`) goes straight to the queue through the default exchange.
+        to, routing_key = (
+            (channel.default_exchange, queue_name) if replayed else (exchange, "t.thing")
+        )
+        await to.publish(
             aio_pika.Message(raw, content_type=content_type, message_id=message_id,
                              correlation_id=str(uuid.uuid4())),
-            routing_key="t.thing",
+            routing_key=routing_key,
         )
 
     return PolicyConsumer(queue_name, await Recorder(dlq).start(), attempts, publish)
@@ -649,6 +660,17 @@ async def test_a_body_that_is_not_json_is_dead_lettered_at_once_with_its_reason(
     assert (dead.headers or {}).get(QUEUE_HEADER) == policy_consumer.queue_name
     assert policy_consumer.attempts["not-json-1"] == 0, "the handler must never see it"
     await policy_consumer.dead_letters.assert_no_more_than(1, settle=0.3)
+
+
+async def test_a_replayed_message_that_is_still_broken_returns_to_its_own_queues_dead_letters(
+    policy_consumer: PolicyConsumer,
+) -> None:
+    await policy_consumer.publish(b"still not json", message_id="replayed-1", replayed=True)
+
+    [dead] = await policy_consumer.dead_letters.wait_for(1)
+    assert dead.message_id == "replayed-1"
+    assert reason_of(dead).startswith("JSONDecodeError: "), reason_of(dead)
+    assert (dead.headers or {}).get(QUEUE_HEADER) == policy_consumer.queue_name
 
 
 async def test_a_body_that_breaks_the_envelope_contract_is_dead_lettered_at_once_with_its_reason(
