@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -75,13 +76,17 @@ def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
 
 
 def install_error_handlers(app: FastAPI, service: str) -> None:
-    """Every refusal answers as problem+json; every response is counted."""
+    """Every refusal answers as problem+json; every response is counted and timed."""
     install_problem_responses(app)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
         response = await call_next(request)
+        # Until the handler returns: a streamed body's transfer is the client's pace, not ours.
+        elapsed = time.perf_counter() - started
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         HTTP_REQUESTS.labels(service, request.method, path, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(service, path).observe(elapsed)
         return response

@@ -22,7 +22,7 @@ from shared.db.engine import make_engine
 from shared.http import install_error_handlers, ops_router
 from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
-from shared.messaging.topology import Topology
+from shared.messaging.topology import Topology, consumer_queues
 from shared.telemetry import setup_logging, setup_tracing
 
 log = logging.getLogger("spine.runtime")
@@ -49,7 +49,7 @@ class Runtime:
         broker = make_broker(
             settings.amqp_url, service=name, topology=topology, prefetch=settings.prefetch
         )
-        relay = OutboxRelay(engine, broker, topology)
+        relay = OutboxRelay(engine, settings.amqp_url, topology, name=name)
         return cls(name, settings, engine, broker, topology, relay)
 
     def document_events(self, events: Mapping[str, type[Any]]) -> None:
@@ -65,12 +65,11 @@ class Runtime:
             )
 
     async def declare_dead_letters(self) -> None:
-        """Every subscribed queue gets its dead-letter queue bound on the dead-letter exchange."""
+        """Every queue this service consumes gets its dead-letter queue on the dead-letter exchange."""
         dlx = await self.broker.declare_exchange(self.topology.dead_letters)
-        for sub in self.broker.subscribers:
-            name = sub.queue.name  # type: ignore[attr-defined]
-            dlq = await self.broker.declare_queue(self.topology.dead_letter_queue(name))
-            await dlq.bind(dlx, routing_key=name)
+        for queue in consumer_queues(self.topology, self.name):
+            dlq = await self.broker.declare_queue(self.topology.dead_letter_queue(queue.name))
+            await dlq.bind(dlx, routing_key=queue.name)
 
     @asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:

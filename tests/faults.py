@@ -1,10 +1,12 @@
 """Fault injection for integration tests: a TCP proxy that delays a server's replies.
 
-The proxy sits between a client (an engine's pool) and a real server. What the client sends
-passes at once; what the server answers is held back by `delay` seconds, in order, so a test
-can cancel a task while it awaits a reply the server has already acted on — exactly what
-aiormq does to consumer tasks when the broker connection closes. `sent(marker)` tells when the
-client has sent bytes containing `marker` (a statement's text, `BEGIN`, `COMMIT`).
+The proxy sits between a client (an engine's pool, a broker connection) and a real server.
+What the client sends passes at once; what the server answers is held back by `delay` seconds,
+in order, so a test can cancel a task while it awaits a reply the server has already acted on —
+exactly what aiormq does to consumer tasks when the broker connection closes. `sent(marker)`
+tells when the client has sent bytes containing `marker` (a statement's text, `BEGIN`,
+`COMMIT`). `cut()` and `refusing` make the server seem to go away (and come back) for this one
+client only, where restarting the real server would disturb every other test.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class DelayingProxy:
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
         self.delay = 0.0
+        self.refusing = False  # while set, new connections are closed at once
         self._markers: dict[bytes, asyncio.Event] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -28,7 +31,8 @@ class DelayingProxy:
     @classmethod
     def for_url(cls, url: str) -> DelayingProxy:
         parts = urlsplit(url)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 5432)
+        default_port = 5672 if parts.scheme == "amqp" else 5432
+        return cls(parts.hostname or "127.0.0.1", parts.port or default_port)
 
     @property
     def port(self) -> int:
@@ -48,6 +52,11 @@ class DelayingProxy:
         self._markers[marker] = event
         return event
 
+    def cut(self) -> None:
+        """Drop every open connection, as a server that went away does."""
+        for writer in list(self._writers):
+            writer.close()
+
     async def start(self) -> DelayingProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         return self
@@ -65,6 +74,9 @@ class DelayingProxy:
                 await self._server.wait_closed()
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_w.close()
+            return
         try:
             server_r, server_w = await asyncio.open_connection(*self.upstream)
         except OSError:

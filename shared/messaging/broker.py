@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from faststream.middlewares import AckPolicy
-from faststream.rabbit import Channel, RabbitBroker
+from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 
 from shared.messaging.delivery import DeliveryPolicy
-from shared.messaging.topology import Topology
+from shared.messaging.topology import Topology, consumer_queues
 from shared.messaging.tracing import TracingPolicy
 
 
-def make_broker(amqp_url: str, *, service: str, topology: Topology, prefetch: int) -> RabbitBroker:
-    """Broker with confirms, returns that raise, tracing, and Spine's ack/retry/dead-letter policy."""
+def make_broker(
+    amqp_url: str,
+    *,
+    service: str,
+    topology: Topology,
+    prefetch: int,
+    queues: Sequence[RabbitQueue] | None = None,
+) -> RabbitBroker:
+    """Broker with confirms, returns that raise, tracing, and Spine's ack/retry/dead-letter policy.
+
+    `queues`: what its subscribers consume; by default the service's row of `CONSUMER_QUEUES`.
+    """
+    if queues is None:
+        queues = consumer_queues(topology, service)
     return RabbitBroker(
         amqp_url,
         app_id=service,
@@ -21,7 +34,7 @@ def make_broker(amqp_url: str, *, service: str, topology: Topology, prefetch: in
             prefetch_count=prefetch, publisher_confirms=True, on_return_raises=True
         ),
         # Tracing outermost, so the delivery decision (ack, retry, dead-letter) is in the span.
-        middlewares=[TracingPolicy(service), DeliveryPolicy(topology)],
+        middlewares=[TracingPolicy(service), DeliveryPolicy(topology, queues)],
         ack_policy=AckPolicy.MANUAL,
         graceful_timeout=20.0,
         logger=logging.getLogger(f"spine.{service}.broker"),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import aio_pika
 from faststream import BaseMiddleware
 from faststream.exceptions import SubscriberNotFound
+from faststream.rabbit import RabbitQueue
 from pydantic import ValidationError
 
 from shared.messaging.topology import (
@@ -20,6 +23,8 @@ from shared.messaging.topology import (
     QUEUE_HEADER,
     ROUTING_KEY_HEADER,
     Topology,
+    bindings_overlap,
+    topic_matches,
 )
 from shared.uow import Duplicate
 
@@ -50,14 +55,37 @@ def describe(exc: BaseException) -> str:
 
 
 class DeliveryPolicy:
-    """Broker middleware factory; one `_Delivery` per message."""
+    """Broker middleware factory; one `_Delivery` per message.
 
-    def __init__(self, topology: Topology, *, retry_base_s: float = 0.2) -> None:
+    `queues` are the queues the broker's subscribers consume, all bound on the events exchange.
+    A delivery does not say which queue it came from, so the policy tells from its routing key:
+    no two of the queues may share a routing key, or their dead letters could not be told apart.
+    """
+
+    def __init__(
+        self, topology: Topology, queues: Sequence[RabbitQueue], *, retry_base_s: float = 0.2
+    ) -> None:
         self.topology = topology
         self.retry_base_s = retry_base_s
+        self.bindings = [(queue.name, queue.routing()) for queue in queues]
+        for (one, key), (other, other_key) in itertools.combinations(self.bindings, 2):
+            if bindings_overlap(key, other_key):
+                raise ValueError(f"queues {one} ({key}) and {other} ({other_key}) can both "
+                                 "receive one routing key")
 
     def __call__(self, msg: Any, /, *, context: Any) -> _Delivery:
         return _Delivery(msg, context=context, policy=self)
+
+    def queue_of(self, raw: aio_pika.abc.AbstractIncomingMessage) -> str:
+        """The queue that delivered `raw`."""
+        routing_key = raw.routing_key or ""
+        if not raw.exchange:
+            # The default exchange routes to the queue its routing key names (a replay does this).
+            return routing_key
+        for name, binding_key in self.bindings:
+            if topic_matches(binding_key, routing_key):
+                return name
+        return "unknown"
 
 
 class _Delivery(BaseMiddleware):
@@ -78,7 +106,7 @@ class _Delivery(BaseMiddleware):
             return True
         if not isinstance(exc_val, Exception):
             return False  # cancellation: leave the message unacked so the broker redelivers it
-        queue = self._queue_name()
+        queue = self.policy.queue_of(raw)
         attempts = _delivery_count(raw) + 1
         if isinstance(exc_val, PERMANENT) or attempts >= self.policy.topology.delivery_limit:
             reason = describe(exc_val)
@@ -95,11 +123,6 @@ class _Delivery(BaseMiddleware):
         await asyncio.sleep(min(self.policy.retry_base_s * 2 ** (attempts - 1), 5.0))
         await raw.nack(requeue=True)
         return True
-
-    def _queue_name(self) -> str:
-        handler = self.context.get("handler_")
-        queue = getattr(handler, "queue", None)
-        return getattr(queue, "name", "") or "unknown"
 
 
 def _delivery_count(raw: aio_pika.abc.AbstractIncomingMessage) -> int:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
 
 import aio_pika
 import asyncpg
@@ -33,6 +32,9 @@ _MARK_SENT = "UPDATE outbox SET sent_at = now(), attempts = attempts + 1 WHERE i
 _MARK_FAILED = (
     "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])"
 )
+# How long a pass waits for the broker before it gives up and `run()` backs off and logs it;
+# short, so that `stop()` is not held up by an outage.
+_BROKER_WAIT_S = 5.0
 
 
 class _BatchIncomplete(Exception):
@@ -45,22 +47,25 @@ class OutboxRelay:
     def __init__(
         self,
         engine: AsyncEngine,
-        broker: Any,
+        amqp_url: str,
         topology: Topology,
         *,
+        name: str = "spine",
         batch_size: int = 200,
         poll_interval_s: float = 2.0,
     ) -> None:
         self.engine = engine
-        self.broker = broker
+        self.amqp_url = amqp_url
         self.topology = topology
+        self.name = name
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self.published = 0
-        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         # Per-row back-off of rows that failed to publish: id → (due at, failures so far).
         self._retry: dict[int, tuple[float, int]] = {}
@@ -88,13 +93,20 @@ class OutboxRelay:
             await self._sleep(self.poll_interval_s)
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        await self.close()
 
     async def stop(self) -> None:
         """Finish the batch in hand, then return from `run()`."""
         self._stopping.set()
         self._wake.set()
+
+    async def close(self) -> None:
+        """Close the relay's broker connection (`run()` does on its way out)."""
+        connection, self._connection = self._connection, None
+        self._channel = self._exchange = None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closing after a broker loss may itself fail
+                await connection.close()
 
     async def drain(self) -> int:
         """Publish every unsent row that is due, one locked batch at a time; returns how many.
@@ -118,13 +130,14 @@ class OutboxRelay:
         return total
 
     async def _publish_batch(self, skip: list[int], failed_ids: list[int]) -> tuple[int, bool]:
+        # The broker first: no rows are locked, no transaction is open, while it is awaited.
+        exchange = await self._events_exchange()
         # `transaction` discards the connection if this pass is cancelled at any await, so a
         # cancelled claim can never leave a pooled session holding (or later marking) rows.
         async with transaction(self.engine) as conn:
             rows = (await conn.exec_driver_sql(_CLAIM, (self.batch_size, skip))).mappings().all()
             if not rows:
                 return 0, False
-            exchange = await self._events_exchange()
             results = await asyncio.gather(
                 *(self._publish(row, exchange) for row in rows), return_exceptions=True
             )
@@ -155,9 +168,9 @@ class OutboxRelay:
         carrier = row["headers"]
         if isinstance(carrier, str):
             carrier = json.loads(carrier)
-        # Straight through aio-pika on the broker's connection: half the CPU of a FastStream
-        # publish per event. The stored `traceparent` is the span that emitted the event, so the
-        # consumer's span continues the order journey's trace without a publish span between.
+        # Straight through aio-pika: half the CPU of a FastStream publish per event. The stored
+        # `traceparent` is the span that emitted the event, so the consumer's span continues the
+        # order journey's trace without a publish span between.
         await exchange.publish(
             aio_pika.Message(
                 row["body"].encode(),
@@ -172,18 +185,41 @@ class OutboxRelay:
         )
 
     async def _events_exchange(self) -> aio_pika.abc.AbstractExchange:
-        """The events exchange on a confirm-mode channel whose returns raise (opened once)."""
-        if self._channel is None or self._channel.is_closed:
-            connection = self.broker._connection  # FastStream's robust aio-pika connection
-            if connection is None:
-                raise ConnectionError("the broker is not connected")
-            self._channel = await connection.channel(
+        """The events exchange on the relay's one confirm-mode channel, whose returns raise.
+
+        The relay owns its connection: a robust one, which after a broker restart reconnects
+        and reopens the channel (redeclaring the exchange) by itself.
+        """
+        if self._channel is not None and self._channel.is_closed:
+            try:
+                await asyncio.wait_for(self._channel.ready(), _BROKER_WAIT_S)
+            except TimeoutError:
+                # Still reconnecting, or a channel its restore gave up on: the next batch
+                # opens a fresh one on the (still robust) connection.
+                channel, self._channel, self._exchange = self._channel, None, None
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise ConnectionError("the broker connection is not restored yet") from None
+        if self._exchange is None:
+            if self._connection is None:
+                self._connection = await aio_pika.connect_robust(
+                    self.amqp_url,
+                    timeout=_BROKER_WAIT_S,
+                    client_properties={"connection_name": f"{self.name} outbox relay"},
+                )
+            channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
-            self._exchange = await self._channel.declare_exchange(
-                self.topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True
-            )
-        assert self._exchange is not None
+            try:
+                self._exchange = await channel.declare_exchange(
+                    self.topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True,
+                    timeout=_BROKER_WAIT_S,
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):  # or the connection would restore it
+                    await channel.close()
+                raise
+            self._channel = channel
         return self._exchange
 
     async def _listen(self) -> None:

@@ -85,6 +85,41 @@ def consumer_queue(topology: Topology, service: str, purpose: str) -> RabbitQueu
     return topology.queue(service, purpose, keys[purpose])
 
 
+def consumer_queues(topology: Topology, service: str) -> list[RabbitQueue]:
+    """Every quorum queue `service` consumes (none for a service that only publishes)."""
+    return [topology.queue(service, purpose, key)
+            for purpose, key in CONSUMER_QUEUES.get(service, [])]
+
+
+def topic_matches(binding_key: str, routing_key: str) -> bool:
+    """Whether a topic exchange routes `routing_key` along a binding with `binding_key`."""
+    return _words_match(binding_key.split("."), routing_key.split("."))
+
+
+def bindings_overlap(first: str, second: str) -> bool:
+    """Whether some routing key would match both binding keys."""
+    return _patterns_overlap(first.split("."), second.split("."))
+
+
+def _words_match(pattern: list[str], words: list[str]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":  # zero or more words
+        return any(_words_match(rest, words[i:]) for i in range(len(words) + 1))
+    return bool(words) and head in ("*", words[0]) and _words_match(rest, words[1:])
+
+
+def _patterns_overlap(a: list[str], b: list[str]) -> bool:
+    if not a or not b:
+        return all(word == "#" for word in a + b)
+    if a[0] == "#":  # it stands for no word, or swallows b's first one and may go on
+        return _patterns_overlap(a[1:], b) or _patterns_overlap(a, b[1:])
+    if b[0] == "#":
+        return _patterns_overlap(b, a)
+    return ("*" in (a[0], b[0]) or a[0] == b[0]) and _patterns_overlap(a[1:], b[1:])
+
+
 async def declare_all(channel: Any, topology: Topology) -> list[str]:
     """Declare both exchanges and every consumer queue with its bindings and dead-letter queue.
 

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.contracts.envelope import Actor
 from shared.db.engine import make_engine
-from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology
 from tests.faults import DelayingProxy
@@ -221,16 +220,16 @@ async def test_a_relay_pass_cancelled_at_any_await_leaves_no_connection_in_a_tra
     app_name: str, servers: Any, namespace: str, rabbit_janitor: Any,
 ) -> None:
     topology = Topology(namespace=namespace)
-    broker = make_broker(servers.amqp_url, service="cancel", topology=topology, prefetch=4)
-    await broker.connect()
-    channel = await aio_pika.connect(servers.amqp_url)
+    connection = await aio_pika.connect(servers.amqp_url)
+    relay = OutboxRelay(pooled, servers.amqp_url, topology, poll_interval_s=30.0)
     try:
-        await broker.declare_exchange(topology.events)
-        queue = await (await channel.channel()).declare_queue(
+        channel = await connection.channel()
+        await channel.declare_exchange(
+            topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(
             rabbit_janitor.queue(f"{namespace}.probe"), exclusive=True)
         await queue.bind(topology.events.name, routing_key="widget.#")
         await make_widget(widget_unit_of_work(observer, "cancel"), "to-relay", inbox=False)
-        relay = OutboxRelay(pooled, broker, topology, poll_interval_s=30.0)
 
         task = asyncio.create_task(relay.drain())
         await cancel_when_sent(proxy, RELAY_AWAITS[awaiting], task)
@@ -244,8 +243,8 @@ async def test_a_relay_pass_cancelled_at_any_await_leaves_no_connection_in_a_tra
         assert await unsent_events(observer) == 0
         assert not await sessions_in_transaction(observer, app_name)
     finally:
-        await channel.close()
-        await broker.stop()
+        await relay.close()
+        await connection.close()
 
 
 async def unsent_events(observer: AsyncEngine) -> int:

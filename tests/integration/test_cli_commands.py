@@ -17,11 +17,12 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 import pytest
+from alembic.script import ScriptDirectory
 
 from shared import registry
 from shared.contracts.envelope import Envelope
 from shared.contracts.ext import OrderSubmitted
-from shared.db.migrate import drop_database
+from shared.db.migrate import alembic_config, drop_database
 from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, ROUTING_KEY_HEADER, known_queues
 from shared.stack import free_port
 from tests.conftest import RabbitJanitor, Servers
@@ -90,6 +91,14 @@ def one_error_line(ran: Ran) -> str:
 # --------------------------------------------------------------------------- db
 
 
+def head_of(service: str) -> str:
+    """The newest revision of a service's migrations, as Alembic names it."""
+    config = alembic_config(service, "postgresql+asyncpg://unused/none")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
 async def test_db_setup_creates_and_migrates_four_databases_and_db_drop_removes_them(
     spine: Spine, servers: Servers, namespace: str, prefix_cleanup: None
 ) -> None:
@@ -97,13 +106,16 @@ async def test_db_setup_creates_and_migrates_four_databases_and_db_drop_removes_
     assert first.code == 0, first.err
     names = [s.database(namespace) for s in registry.SERVICES]
     assert [line.split()[1] for line in first.out.splitlines()] == names
-    assert all("created; migrated (empty) -> 0001" in line for line in first.out.splitlines())
+    heads = {s.name: head_of(s.name) for s in registry.SERVICES}
+    assert [line.split()[0] for line in first.out.splitlines()] == list(heads)
+    for line in first.out.splitlines():
+        assert line.endswith(f"created; migrated (empty) -> {heads[line.split()[0]]}"), line
     assert await databases(servers, namespace) == set(names)
 
     again = await spine("db", "setup", "--service", "erp_adapter")
     assert again.code == 0, again.err
     assert again.out.split() == ["erp_adapter", f"{namespace}_erp", "exists;", "already", "at",
-                                 "head", "0001"]
+                                 "head", heads["erp_adapter"]]
 
     dropped = await spine("db", "drop", "--prefix", namespace, "--yes")
     assert dropped.code == 0, dropped.err

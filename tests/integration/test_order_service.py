@@ -656,3 +656,12 @@ async def test_the_asyncapi_catalogue_lists_what_the_service_consumes_and_publis
     for name in ("order.received", "order.rejected", "order.confirmed", "order.cancelled",
                  "ext.*.order.submitted", "erp.customer.upserted", "erp.product.upserted"):
         assert name in spec
+
+
+async def test_metrics_count_and_time_each_request_by_route_template(svc: OrderService) -> None:
+    await svc.http.get(f"/orders/{uuid.uuid4()}", headers=svc.token("sales"))
+
+    metrics = (await svc.http.get("/metrics")).text
+    assert 'spine_http_requests_total{method="GET",route="/orders/{order_id}",service="order",' \
+           'status="404"}' in metrics
+    assert 'spine_http_request_seconds_count{route="/orders/{order_id}",service="order"}' in metrics

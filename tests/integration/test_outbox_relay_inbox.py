@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from opentelemetry import trace
 from pydantic import Field
@@ -36,6 +36,7 @@ from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, Topology
 from shared.uow import Duplicate
+from tests.faults import DelayingProxy
 from tests.integration.widget_schema import (
     AUDIT,
     OUTBOX,
@@ -48,6 +49,12 @@ from tests.integration.widget_schema import (
 SERVICE = "testsvc"
 ACTOR = Actor(id="u-1042", role="planner")
 DELIVERY_LIMIT = 3
+# The queues this file's subscribers consume, by purpose: its row of `CONSUMER_QUEUES`.
+QUEUES = {"widgets": "widget.#", "p": "t.#"}
+
+
+def queue_for(topology: Topology, purpose: str) -> RabbitQueue:
+    return topology.queue(SERVICE, purpose, QUEUES[purpose])
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -94,7 +101,8 @@ async def new_broker(
     made: list[RabbitBroker] = []
 
     def build() -> RabbitBroker:
-        broker = make_broker(servers.amqp_url, service=SERVICE, topology=topology, prefetch=16)
+        broker = make_broker(servers.amqp_url, service=SERVICE, topology=topology, prefetch=16,
+                             queues=[queue_for(topology, purpose) for purpose in QUEUES])
         made.append(broker)
         return broker
 
@@ -114,9 +122,26 @@ async def broker(new_broker: Callable[[], RabbitBroker], topology: Topology) -> 
 
 
 @pytest.fixture
-def relay(engine: AsyncEngine, broker: RabbitBroker, topology: Topology) -> OutboxRelay:
+async def new_relay(
+    engine: AsyncEngine, broker: RabbitBroker, servers: Any, topology: Topology
+) -> AsyncIterator[Callable[..., OutboxRelay]]:
+    """A factory of relays as a service builds them (the `broker` has declared the exchange)."""
+    made: list[OutboxRelay] = []
+
+    def build(on: AsyncEngine | None = None, **options: Any) -> OutboxRelay:
+        relay = OutboxRelay(on or engine, servers.amqp_url, topology, name=SERVICE, **options)
+        made.append(relay)
+        return relay
+
+    yield build
+    for relay in made:
+        await relay.close()
+
+
+@pytest.fixture
+def relay(new_relay: Callable[..., OutboxRelay]) -> OutboxRelay:
     """The relay as a service builds it; tests drive it one `drain()` at a time."""
-    return OutboxRelay(engine, broker, topology, poll_interval_s=30.0)
+    return new_relay(poll_interval_s=30.0)
 
 
 @pytest.fixture
@@ -293,10 +318,12 @@ class WatchedRelay(OutboxRelay):
 
 
 async def test_the_relay_wakes_on_notify_at_commit_instead_of_waiting_for_its_poll(
-    uow: WidgetUow, engine: AsyncEngine, broker: RabbitBroker, topology: Topology, probe: Any
+    uow: WidgetUow, engine: AsyncEngine, broker: RabbitBroker, servers: Any, topology: Topology,
+    probe: Any,
 ) -> None:
     recorder = await probe("widget.#")
-    relay = WatchedRelay(engine, broker, topology, poll_interval_s=30.0)
+    # `run()` closes the relay's connection on its way out.
+    relay = WatchedRelay(engine, servers.amqp_url, topology, poll_interval_s=30.0)
     task = asyncio.create_task(relay.run())
     try:
         # Once the relay has found the outbox empty it waits: for a NOTIFY, or for 30 s.
@@ -310,6 +337,36 @@ async def test_the_relay_wakes_on_notify_at_commit_instead_of_waiting_for_its_po
         await asyncio.wait_for(task, timeout=10)
     assert message.message_id == str(event_id)
     assert latency < 1.0, f"delivered {latency:.2f}s after commit: the relay did not wake on NOTIFY"
+
+
+async def test_the_relay_reconnects_by_itself_after_losing_the_broker_and_sends_what_waited(
+    uow: WidgetUow, engine: AsyncEngine, broker: RabbitBroker, servers: Any, topology: Topology,
+    probe: Any,
+) -> None:
+    recorder = await probe("widget.#")
+    proxy = await DelayingProxy.for_url(servers.amqp_url).start()
+    relay = OutboxRelay(engine, proxy.url(servers.amqp_url), topology, poll_interval_s=0.2)
+    task = asyncio.create_task(relay.run())
+    try:
+        before = await make_widget(uow, "before")
+        await recorder.wait_for(1)
+
+        # The broker goes away: the relay's connection drops and reconnecting is refused.
+        proxy.refusing = True
+        proxy.cut()
+        during = await make_widget(uow, "during")
+        await asyncio.sleep(1.0)
+        assert await scalar(engine, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
+
+        proxy.refusing = False
+        messages = await recorder.wait_for(2, timeout=30)
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(task, timeout=10)
+        await proxy.close()
+    assert [m.message_id for m in messages] == [str(before), str(during)]
+    assert messages[1].delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert await scalar(engine, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
 
 
 async def test_an_unroutable_event_stays_unsent_with_its_error_until_a_queue_is_bound(
@@ -338,13 +395,13 @@ async def test_an_unroutable_event_stays_unsent_with_its_error_until_a_queue_is_
 
 
 async def test_unroutable_events_do_not_hold_back_the_events_behind_them(
-    uow: WidgetUow, engine: AsyncEngine, broker: RabbitBroker, topology: Topology, probe: Any
+    uow: WidgetUow, engine: AsyncEngine, new_relay: Callable[..., OutboxRelay], probe: Any
 ) -> None:
     recorder = await probe("widget.made")
     for i in range(3):  # more than a batch of events nobody listens to, then one that routes
         await make_widget(uow, f"lonely-{i}", routing_key="widget.lonely")
     event_id = await make_widget(uow, "w-1")
-    relay = OutboxRelay(engine, broker, topology, batch_size=2)
+    relay = new_relay(batch_size=2)
 
     with pytest.raises(Exception, match="3 event"):
         await relay.drain()
@@ -361,9 +418,7 @@ async def test_two_relays_on_one_outbox_publish_each_of_200_events_exactly_once(
     uow: WidgetUow,
     engine: AsyncEngine,
     database_url: str,
-    broker: RabbitBroker,
-    new_broker: Callable[[], RabbitBroker],
-    topology: Topology,
+    new_relay: Callable[..., OutboxRelay],
     probe: Any,
 ) -> None:
     recorder = await probe("widget.#")
@@ -373,13 +428,12 @@ async def test_two_relays_on_one_outbox_publish_each_of_200_events_exactly_once(
             for i in range(20):
                 event_ids.add(str(tx.emit("widget.made", {"widget_id": f"w-{batch}-{i}"})))
 
-    # The second relay is another replica: its own engine and its own broker connection.
+    # The second relay is another replica: its own engine (and, as every relay, its own
+    # broker connection).
     other_engine = make_engine(database_url, pool_size=2, service=SERVICE)
-    other_broker = new_broker()
-    await other_broker.connect()
     try:
-        first = OutboxRelay(engine, broker, topology, batch_size=10)
-        second = OutboxRelay(other_engine, other_broker, topology, batch_size=10)
+        first = new_relay(batch_size=10)
+        second = new_relay(other_engine, batch_size=10)
         await asyncio.gather(first.drain(), second.drain())
     finally:
         await other_engine.dispose()
@@ -449,7 +503,7 @@ async def test_duplicates_from_a_relay_that_crashed_before_marking_sent_have_one
     consumer = new_broker()
     handled: list[str] = []
 
-    @consumer.subscriber(topology.queue("testsvc", "widgets", "widget.#"), topology.events)
+    @consumer.subscriber(queue_for(topology, "widgets"), topology.events)
     async def on_widget_made(event: Envelope[WidgetMade], msg: RabbitMessage) -> None:
         handled.append(msg.message_id)
         async with uow.begin(
@@ -513,8 +567,8 @@ async def declare_dead_letters(broker: RabbitBroker, topology: Topology) -> None
     await broker.connect()
     await broker.declare_exchange(topology.events)
     dlx = await broker.declare_exchange(topology.dead_letters)
-    for sub in broker.subscribers:
-        name = sub.queue.name  # type: ignore[attr-defined]
+    for purpose in QUEUES:
+        name = topology.queue_name(SERVICE, purpose)
         dlq = await broker.declare_queue(topology.dead_letter_queue(name))
         await dlq.bind(dlx, routing_key=name)
 
@@ -552,7 +606,7 @@ async def policy_consumer(
     broker = new_broker()
     attempts: Counter[str] = Counter()
 
-    @broker.subscriber(topology.queue("testsvc", "p", "t.#"), topology.events)
+    @broker.subscriber(queue_for(topology, "p"), topology.events)
     async def on_thing(event: Envelope[Thing], msg: RabbitMessage) -> None:
         attempts[msg.message_id] += 1
         if event.data.mode == "always_fail":
@@ -563,17 +617,21 @@ async def policy_consumer(
 
     await declare_dead_letters(broker, topology)
     await broker.start()
-    queue_name = topology.queue_name("testsvc", "p")
+    queue_name = topology.queue_name(SERVICE, "p")
     dlq = await channel.declare_queue(topology.dead_letter_queue(queue_name).name, passive=True)
     exchange = await channel.get_exchange(topology.events.name)
 
     async def publish(body: bytes | dict[str, Any], *, message_id: str,
-                      content_type: str = "application/json") -> None:
+                      content_type: str = "application/json", replayed: bool = False) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        await exchange.publish(
+        # A replay (`spine dlq replay`) goes straight to the queue through the default exchange.
+        to, routing_key = (
+            (channel.default_exchange, queue_name) if replayed else (exchange, "t.thing")
+        )
+        await to.publish(
             aio_pika.Message(raw, content_type=content_type, message_id=message_id,
                              correlation_id=str(uuid.uuid4())),
-            routing_key="t.thing",
+            routing_key=routing_key,
         )
 
     return PolicyConsumer(queue_name, await Recorder(dlq).start(), attempts, publish)
@@ -609,6 +667,17 @@ async def test_a_body_that_is_not_json_is_dead_lettered_at_once_with_its_reason(
     assert (dead.headers or {}).get(QUEUE_HEADER) == policy_consumer.queue_name
     assert policy_consumer.attempts["not-json-1"] == 0, "the handler must never see it"
     await policy_consumer.dead_letters.assert_no_more_than(1, settle=0.3)
+
+
+async def test_a_replayed_message_that_is_still_broken_returns_to_its_own_queues_dead_letters(
+    policy_consumer: PolicyConsumer,
+) -> None:
+    await policy_consumer.publish(b"still not json", message_id="replayed-1", replayed=True)
+
+    [dead] = await policy_consumer.dead_letters.wait_for(1)
+    assert dead.message_id == "replayed-1"
+    assert reason_of(dead).startswith("JSONDecodeError: "), reason_of(dead)
+    assert (dead.headers or {}).get(QUEUE_HEADER) == policy_consumer.queue_name
 
 
 async def test_a_body_that_breaks_the_envelope_contract_is_dead_lettered_at_once_with_its_reason(
