@@ -78,9 +78,10 @@ test-e2e: venv env services-up ## end-to-end tests (the services as real process
 bench: venv env services-up ## Spine vs the reference pipeline, interleaved (BENCH_ARGS="--rounds 1 -n 1000")
 	$(PY) bench/run.py --limit-dir "$(LIMIT_DIR)" $(BENCH_ARGS)
 
-lint: venv ## ruff and mypy
+lint: venv ## ruff, mypy --strict over the services, shared/ and the CLI, mypy over bench/
 	.venv/bin/ruff check .
-	$(PY) -m mypy shared services bench spine_cli
+	$(PY) -m mypy --strict shared services spine_cli
+	$(PY) -m mypy bench
 
 clean: ## remove caches (keeps .venv, .tools and .env)
 	find . -path ./.venv -prune -o -path ./.tools -prune -o -type d \

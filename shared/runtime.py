@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -92,9 +92,17 @@ class Runtime:
             await self.engine.dispose()
             log.info("%s stopped cleanly", self.name)
 
-    def app(self, *, title: str, routers: list[Any]) -> FastAPI:
-        """The service's FastAPI app with ops routes, error handlers and the AsyncAPI document."""
-        app = FastAPI(title=title, lifespan=self.lifespan, version="1.0.0")
+    def app(self, *, routers: list[Any], uow: Any,
+            published: Mapping[str, type[Any]] | None = None) -> FastAPI:
+        """The service's FastAPI app: its routes, ops routes, problem responses, AsyncAPI document.
+
+        `uow` is what the routes' `unit_of_work` dependency hands out; `published` lists the
+        events the service's outbox sends, for the AsyncAPI document.
+        """
+        if published:
+            self.document_events(published)
+        app = FastAPI(title=f"Spine {self.name}", lifespan=self.lifespan, version="1.0.0")
+        app.state.uow = uow
         app.state.jwt = JwtVerifier(
             self.settings.jwt_secret.get_secret_value(),
             issuer=self.settings.jwt_issuer,
@@ -113,6 +121,12 @@ class Runtime:
             return spec.to_specification().to_jsonable()
 
         return app
+
+    @classmethod
+    def main(cls, build: Callable[[], tuple[Runtime, FastAPI]]) -> None:
+        """A service's `main()`: build it, then serve until SIGINT/SIGTERM."""
+        runtime, app = build()
+        runtime.serve(app)
 
     def serve(self, app: FastAPI) -> None:
         """Run until SIGINT/SIGTERM, then shut down gracefully."""

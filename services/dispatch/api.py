@@ -17,7 +17,7 @@ from services.dispatch.handlers import Moved, TransitionDispatch, handle
 from services.dispatch.unit_of_work import DispatchUnitOfWork
 from shared.audit import AuditEntry
 from shared.tokens import ROLES
-from shared.web.deps import EngineDep, IfMatchHeader, ReaderDep, parse_if_match, unit_of_work
+from shared.web.deps import EngineDep, IfMatchHeader, ReaderDep, parse_if_match, unit_of_work, with_etag
 from shared.web.problems import responses
 
 router = APIRouter(prefix="/dispatches", tags=["dispatches"])
@@ -80,10 +80,7 @@ async def get_dispatch(
     dispatch_id: uuid.UUID, engine: EngineDep, response: Response, _: ReaderDep
 ) -> dict[str, Any]:
     found = await views.one_dispatch(engine, dispatch_id)
-    if found is None:
-        raise HTTPException(404, f"no dispatch {dispatch_id}")
-    response.headers["ETag"] = f'"{found["version"]}"'
-    return found
+    return with_etag(found, response, missing=f"no dispatch {dispatch_id}")
 
 
 @router.post("/{dispatch_id}/transitions", response_model=MovedOut,

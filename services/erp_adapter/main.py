@@ -17,18 +17,14 @@ from shared.runtime import Runtime
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
-    settings = settings or Settings()
-    runtime = Runtime.build(NAME, settings)
+    runtime = Runtime.build(NAME, settings or Settings())
     uow = sql_unit_of_work(runtime.engine)
-    runtime.document_events(publishers.PUBLISHED)
-    app = runtime.app(title="Spine erp_adapter", routers=[api.router])
-    app.state.uow = uow
-    return runtime, app
+    return runtime, runtime.app(routers=[api.router], uow=uow, published=publishers.PUBLISHED)
 
 
 def main() -> None:
-    runtime, app = build()
-    runtime.serve(app)
+    """Run the erp_adapter service until SIGINT/SIGTERM."""
+    Runtime.main(build)
 
 
 if __name__ == "__main__":

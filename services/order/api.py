@@ -19,7 +19,7 @@ from services.order.unit_of_work import OrderUnitOfWork
 from shared.audit import AuditEntry
 from shared.auth import Principal, require_roles
 from shared.contracts import ext
-from shared.web.deps import EngineDep, IfMatchHeader, ReaderDep, parse_if_match, unit_of_work
+from shared.web.deps import EngineDep, IfMatchHeader, ReaderDep, parse_if_match, unit_of_work, with_etag
 from shared.web.problems import responses
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -172,11 +172,7 @@ async def post_cancel(
 async def get_order(
     order_id: uuid.UUID, engine: EngineDep, response: Response, _: ReaderDep
 ) -> dict[str, Any]:
-    found = await views.one_order(engine, order_id)
-    if found is None:
-        raise HTTPException(404, f"no order {order_id}")
-    response.headers["ETag"] = f'"{found["version"]}"'
-    return found
+    return with_etag(await views.one_order(engine, order_id), response, missing=f"no order {order_id}")
 
 
 @router.get("", response_model=list[OrderOut], summary="List orders, newest first",

@@ -12,20 +12,15 @@ from shared.runtime import Runtime
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
-    settings = settings or Settings()
-    runtime = Runtime.build(NAME, settings)
+    runtime = Runtime.build(NAME, settings or Settings())
     uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow)
-    runtime.document_events(publishers.PUBLISHED)
-    app = runtime.app(title="Spine order", routers=[api.router])
-    app.state.uow = uow
-    return runtime, app
+    return runtime, runtime.app(routers=[api.router], uow=uow, published=publishers.PUBLISHED)
 
 
 def main() -> None:
     """Run the order service until SIGINT/SIGTERM."""
-    runtime, app = build()
-    runtime.serve(app)
+    Runtime.main(build)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import ROLES, Principal, current_principal, require_roles
@@ -44,3 +44,11 @@ def parse_if_match(value: str | None, *, required: bool) -> int | None:
     if not text.isdigit():
         raise HTTPException(400, f"If-Match {value!r} is not a version")
     return int(text)
+
+
+def with_etag(found: dict[str, Any] | None, response: Response, *, missing: str) -> dict[str, Any]:
+    """A versioned resource as the answer, its version as the `ETag`; 404 saying `missing` if None."""
+    if found is None:
+        raise HTTPException(404, missing)
+    response.headers["ETag"] = f'"{found["version"]}"'
+    return found
