@@ -63,6 +63,7 @@ import uvloop  # noqa: E402
 from bench.common import cpu_snapshot, cpu_split, monotonic, ms, pct, say  # noqa: E402
 from bench.stack import ROOT, Stack  # noqa: E402
 from shared.contracts.envelope import Actor, new_envelope  # noqa: E402
+from shared.messaging.permissions import broker_user  # noqa: E402
 from shared.registry import NAMES as SERVICES  # noqa: E402
 
 SYSTEM = "bench"
@@ -100,9 +101,11 @@ class Order:
     body: bytes
     traceparent: str
 
-    def message(self) -> aio_pika.Message:
+    def message(self, user_id: str) -> aio_pika.Message:
         return aio_pika.Message(
             self.body,
+            # The sender the broker vouches for: consumers refuse a message without one.
+            user_id=user_id,
             message_id=self.event_id,
             correlation_id=str(self.correlation_id),
             content_type="application/json",
@@ -164,7 +167,7 @@ class Outcome:
 
 async def drive(orders: list[Order], exchange: aio_pika.abc.AbstractExchange,
                 poll: asyncpg.prepared_stmt.PreparedStatement, *, inflight: int | None,
-                rate: float, poll_s: float, stall_s: float, label: str) -> Outcome:
+                rate: float, poll_s: float, stall_s: float, label: str, user_id: str) -> Outcome:
     """Publish `orders` (closed loop of `inflight`, or open loop at `rate`) until all completed."""
     out = Outcome()
     n = len(orders)
@@ -180,7 +183,7 @@ async def drive(orders: list[Order], exchange: aio_pika.abc.AbstractExchange,
         # Registered before the publish: the poll may see the order before the confirm returns.
         out.started[order.correlation_id] = pending[order.correlation_id] = t0
         try:
-            await exchange.publish(order.message(), routing_key=ROUTING_KEY, mandatory=True)
+            await exchange.publish(order.message(user_id), routing_key=ROUTING_KEY, mandatory=True)
         except Exception as exc:  # reported; the order counts as lost
             pending.pop(order.correlation_id, None)
             failed += 1
@@ -422,7 +425,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, int]:
         if warm:
             say(f"  {label}: warm-up, {len(warm)} orders (not measured)")
             w = await drive(warm, exchange, poll, inflight=64, rate=0, poll_s=poll_s,
-                            stall_s=args.stall_timeout, label=f"{label} warm-up")
+                            stall_s=args.stall_timeout, label=f"{label} warm-up",
+                            user_id=broker_user(args.amqp_url))
             if len(w.done) < len(warm):
                 raise RuntimeError(f"warm-up: only {len(w.done)}/{len(warm)} orders completed; "
                                    f"first errors {w.errors}; logs:\n"
@@ -438,7 +442,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, int]:
         stats0 = await pg_stats(stack)
         c0 = cpu_snapshot()
         out = await drive(measured, exchange, poll, inflight=inflight, rate=args.rate, poll_s=poll_s,
-                          stall_s=args.stall_timeout, label=label)
+                          stall_s=args.stall_timeout, label=label,
+                          user_id=broker_user(args.amqp_url))
         c1 = cpu_snapshot()
         # Backends publish their counters within about a second (pending stats are flushed then).
         await asyncio.sleep(1.1)

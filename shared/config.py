@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import registry
+from shared.messaging.permissions import ANY, broker_user
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", "dev", "test"}
 
@@ -39,6 +40,11 @@ class ServiceSettings(BaseSettings):
     prefetch: int = Field(default=64, ge=1)
     db_pool_size: int = Field(default=16, ge=1, description="connections per service process")
     delivery_limit: int = Field(default=5, ge=1)
+    broker_users: dict[str, str] | None = Field(
+        default=None,
+        description="JSON: broker user → the service or outside system it publishes for ('*': "
+        "any, like an ops user); unset, the service's own login is everyone's (development)",
+    )
     log_level: str = "INFO"
 
     @classmethod
@@ -68,6 +74,14 @@ class ServiceSettings(BaseSettings):
         """SQLAlchemy URL of this service's own database."""
         base = self.pg_url.rstrip("/").replace("postgresql://", "postgresql+asyncpg://", 1)
         return f"{base}/{self.database_name}"
+
+    @property
+    def publishers(self) -> dict[str, str]:
+        """Broker user → principal, as consumers check it (see shared.messaging.permissions)."""
+        if self.broker_users is not None:
+            return self.broker_users
+        # Development: every service, the CLI and the tests log in as one user.
+        return {broker_user(self.amqp_url): ANY}
 
     @property
     def port(self) -> int:

@@ -19,6 +19,9 @@ class Service:
     # The database is `<prefix>_<database_suffix>`; only the erp_adapter's differs from its name
     # (`spine_erp`, fixed by DESIGN.md and by the database roles in deploy/).
     database_suffix: str
+    # The first word of every routing key it publishes (`erp.` for the erp_adapter): the broker
+    # lets only this service's user publish it, and consumers refuse it from anyone else.
+    event_prefix: str
     # (purpose, binding key) of each quorum queue `spine.<name>.<purpose>` it consumes from.
     consumer_queues: tuple[tuple[str, str], ...] = ()
 
@@ -36,6 +39,7 @@ ORDER = Service(
     "order",
     http_port=8001,
     database_suffix="order",
+    event_prefix="order",
     consumer_queues=(
         ("order-submitted", "ext.*.order.submitted"),
         ("customer-upserted", "erp.customer.upserted"),
@@ -46,6 +50,7 @@ DISPATCH = Service(
     "dispatch",
     http_port=8002,
     database_suffix="dispatch",
+    event_prefix="dispatch",
     consumer_queues=(
         ("order-confirmed", "order.confirmed"),
         ("order-cancelled", "order.cancelled"),
@@ -55,15 +60,21 @@ NOTIFICATION = Service(
     "notification",
     http_port=8003,
     database_suffix="notification",
+    event_prefix="notification",
     # order.* too: the answers to outside systems (order.received/rejected) need a consumer in
     # Spine, or `mandatory` would leave them unroutable whenever no outside queue is bound.
     consumer_queues=(("events", "dispatch.#"), ("order-events", "order.*")),
 )
-ERP_ADAPTER = Service("erp_adapter", http_port=8004, database_suffix="erp")
+ERP_ADAPTER = Service("erp_adapter", http_port=8004, database_suffix="erp", event_prefix="erp")
 
 SERVICES: tuple[Service, ...] = (ORDER, DISPATCH, NOTIFICATION, ERP_ADAPTER)
 BY_NAME: MappingProxyType[str, Service] = MappingProxyType({s.name: s for s in SERVICES})
 NAMES: tuple[str, ...] = tuple(BY_NAME)
+# Routing keys of outside plant system `S` are `ext.S.…`, and only S may publish them.
+EXTERNAL_PREFIX = "ext"
+BY_PREFIX: MappingProxyType[str, Service] = MappingProxyType(
+    {s.event_prefix: s for s in SERVICES}
+)
 
 
 def get(name: str) -> Service:

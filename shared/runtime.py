@@ -21,6 +21,7 @@ from shared.contracts.envelope import Envelope
 from shared.db.engine import make_engine
 from shared.http import install_error_handlers, ops_router
 from shared.messaging.broker import make_broker
+from shared.messaging.provenance import Senders
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology, consumer_queues
 from shared.telemetry import setup_logging, setup_tracing
@@ -47,7 +48,8 @@ class Runtime:
         topology = Topology(settings.namespace, settings.delivery_limit)
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, service=name)
         broker = make_broker(
-            settings.amqp_url, service=name, topology=topology, prefetch=settings.prefetch
+            settings.amqp_url, service=name, topology=topology, prefetch=settings.prefetch,
+            senders=Senders.of(settings.publishers),
         )
         relay = OutboxRelay(engine, settings.amqp_url, topology, name=name)
         return cls(name, settings, engine, broker, topology, relay)

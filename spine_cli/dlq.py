@@ -181,6 +181,7 @@ def replay(queue: str, message_id: str | None, replay_all: bool, yes: bool) -> N
 async def _replay(settings: Any, name: str, message_id: str | None, yes: bool) -> int:
     import aio_pika
 
+    from shared.messaging.permissions import broker_user
     from shared.messaging.topology import ROUTING_KEY_HEADER
     from spine_cli.amqp import amqp, publish
 
@@ -221,7 +222,9 @@ async def _replay(settings: Any, name: str, message_id: str | None, yes: bool) -
                 timestamp=message.timestamp,
                 type=message.type,
                 app_id=message.app_id,
-                # No user_id: the broker checks it against *our* login and would refuse it.
+                # Ours, not the original sender's: the broker checks it against our login
+                # (and would refuse another), and consumers accept what ops replays.
+                user_id=broker_user(settings.amqp_url),
             )
             try:
                 await publish(channel.default_exchange, copy, letter.original_queue,

@@ -124,6 +124,7 @@ def submit_order(system: str, customer: str, lines: tuple[Line, ...], ref: str |
 
     from shared.contracts.envelope import Actor, new_envelope
     from shared.contracts.ext import OrderSubmitted
+    from shared.messaging.permissions import broker_user
     from spine_cli.amqp import amqp, events_exchange, publish, traceparent
     from spine_cli.settings import load_settings
 
@@ -157,6 +158,7 @@ def submit_order(system: str, customer: str, lines: tuple[Line, ...], ref: str |
         message_id=envelope["event_id"],
         correlation_id=envelope["correlation_id"],
         app_id=system,
+        user_id=broker_user(settings.amqp_url),
         timestamp=datetime.now(UTC),
         headers={"traceparent": traceparent()},
     )
@@ -191,6 +193,7 @@ def publish_raw(routing_key: str, body: str, content_type: str, message_id: str 
     """
     import aio_pika
 
+    from shared.messaging.permissions import broker_user
     from spine_cli.amqp import amqp, events_exchange, publish, traceparent
     from spine_cli.settings import load_settings
 
@@ -202,6 +205,8 @@ def publish_raw(routing_key: str, body: str, content_type: str, message_id: str 
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message_id,
         correlation_id=str(uuid.uuid4()),
+        # Sent as the login the broker validates; a raw body's producer is still checked.
+        user_id=broker_user(settings.amqp_url),
         timestamp=datetime.now(UTC),
         headers={"traceparent": traceparent()},
     )

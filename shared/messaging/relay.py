@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.db.engine import asyncpg_dsn
 from shared.db.plumbing import OUTBOX_CHANNEL
 from shared.db.transaction import transaction
+from shared.messaging.permissions import broker_user
 from shared.messaging.topology import Topology
 
 log = logging.getLogger("spine.relay")
@@ -56,6 +57,8 @@ class OutboxRelay:
     ) -> None:
         self.engine = engine
         self.amqp_url = amqp_url
+        # Stamped on every event: the broker checks it is the login, consumers check its prefix.
+        self.user_id = broker_user(amqp_url)
         self.topology = topology
         self.name = name
         self.batch_size = batch_size
@@ -179,6 +182,7 @@ class OutboxRelay:
                 message_id=str(row["event_id"]),
                 correlation_id=str(row["correlation_id"]),
                 headers=carrier,
+                user_id=self.user_id,
             ),
             routing_key=row["routing_key"],
             mandatory=True,

@@ -16,6 +16,7 @@ import pytest
 
 from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
+from shared.messaging.permissions import broker_user
 from shared.stack import ROOT, IsolatedStack, StackError
 from tests.conftest import Servers
 
@@ -42,6 +43,7 @@ class Stack(IsolatedStack):
             await exchange.publish(
                 aio_pika.Message(body, message_id=message_id or str(uuid.uuid4()),
                                  content_type="application/json",
+                                 user_id=broker_user(self.amqp_url),
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=routing_key,
             )

@@ -25,6 +25,7 @@ from services.notification.main import build
 from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
 from shared.db.migrate import drop_database, ensure_database, upgrade
+from shared.messaging.permissions import broker_user
 from shared.messaging.topology import CONSUMER_QUEUES, ERROR_HEADER, Topology
 from tests.conftest import Servers
 
@@ -52,6 +53,7 @@ class Notification:
         exchange = await self.channel.get_exchange(f"{self.settings.namespace}.events")
         await exchange.publish(
             aio_pika.Message(body, content_type="application/json", message_id=message_id,
+                             user_id=broker_user(self.settings.amqp_url),
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
             routing_key=routing_key,
             mandatory=True,

@@ -30,6 +30,7 @@ from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
 from shared.db.engine import asyncpg_dsn
 from shared.db.migrate import drop_database, ensure_database, upgrade
+from shared.messaging.permissions import broker_user
 from shared.messaging.topology import CONSUMER_QUEUES, ERROR_HEADER, Topology
 from shared.runtime import Runtime
 from tests.conftest import Servers
@@ -122,6 +123,7 @@ class OrderService:
     async def publish_raw(self, routing_key: str, body: bytes, *, message_id: str) -> None:
         await self.events_exchange.publish(
             aio_pika.Message(body, message_id=message_id, content_type="application/json",
+                             user_id=broker_user(self.settings.amqp_url),
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
             routing_key=routing_key,
             mandatory=True,
@@ -420,17 +422,30 @@ async def test_an_order_the_replicas_refuse_is_rejected_and_creates_nothing(
         "idempotency_key": 0, "inbox": 1}
 
 
-async def test_a_producer_submitting_under_another_systems_name_is_rejected(
+async def test_a_producer_submitting_under_another_systems_name_is_dead_lettered_unanswered(
     svc: OrderService,
 ) -> None:
+    # The consumers' provenance check refuses it before the order service sees it: an answer
+    # would go to webshop about a message webshop never sent.
     ref = _ref()
-    await svc.publish("ext.webshop.order.submitted", _submission(ref), producer="crm")
+    sent = await svc.publish("ext.webshop.order.submitted", _submission(ref), producer="crm")
+    dlq = await svc.channel.declare_queue(
+        f"{svc.settings.namespace}.order.order-submitted.dlq", passive=True)
 
-    rejected = await svc.log.wait_for("order.rejected", external_ref=ref)
+    deadline = time.monotonic() + WAIT_S
+    message = None
+    while message is None and time.monotonic() < deadline:
+        message = await dlq.get(no_ack=False, fail=False)
+        if message is None:
+            await asyncio.sleep(0.1)
+    assert message is not None, "not dead-lettered"
+    await message.ack()
 
-    [reason] = rejected["body"]["data"]["reasons"]
-    assert "'crm'" in reason and "'webshop'" in reason
+    assert message.message_id == sent["event_id"]
+    reason = str((message.headers or {}).get(ERROR_HEADER))
+    assert "producer 'crm' may not publish ext.webshop.order.submitted" in reason
     assert await _orders_with_ref(svc, ref) == 0
+    assert not [e for e in svc.log.events if e["body"]["data"].get("external_ref") == ref]
 
 
 async def test_garbage_and_broken_envelopes_land_in_the_dead_letter_queue_with_a_reason(

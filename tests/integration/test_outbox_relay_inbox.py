@@ -101,8 +101,10 @@ async def new_broker(
     made: list[RabbitBroker] = []
 
     def build() -> RabbitBroker:
+        # No provenance check: the widget plumbing's routing keys belong to no Spine producer.
         broker = make_broker(servers.amqp_url, service=SERVICE, topology=topology, prefetch=16,
-                             queues=[queue_for(topology, purpose) for purpose in QUEUES])
+                             queues=[queue_for(topology, purpose) for purpose in QUEUES],
+                             senders=None)
         made.append(broker)
         return broker
 

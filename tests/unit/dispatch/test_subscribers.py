@@ -14,6 +14,7 @@ from services.dispatch import subscribers
 from services.dispatch.domain import Status
 from shared.contracts.envelope import Actor, new_envelope
 from shared.messaging.broker import make_broker
+from shared.messaging.provenance import DEVELOPMENT, Senders
 from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, Topology
 from tests.unit.dispatch.fakes import fake_unit_of_work
 
@@ -36,7 +37,7 @@ def envelope(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 async def publish(broker: Any, event_type: str, body: dict[str, Any]) -> None:
     await broker.publish(json.dumps(body).encode(), exchange=TOPOLOGY.events,
                          routing_key=event_type, message_id=body["event_id"],
-                         content_type="application/json")
+                         content_type="application/json", user_id="guest")
 
 
 async def test_order_confirmed_becomes_a_create_dispatch_with_the_order_as_the_contract_says() -> None:
@@ -91,3 +92,57 @@ async def test_an_order_confirmed_that_breaks_the_contract_is_dead_lettered_with
     [headers] = dead
     assert headers[QUEUE_HEADER] == queue
     assert headers[ERROR_HEADER].startswith("contract violation") and reason in headers[ERROR_HEADER]
+
+
+# Production's users: one per service, and the outside system `mes`.
+PRODUCTION = Senders.of({"order": "order", "dispatch": "dispatch", "mes": "mes"})
+
+
+@pytest.mark.parametrize(("producer", "user_id", "senders", "reason"), [
+    ("mes", "guest", DEVELOPMENT, "producer 'mes' may not publish order.confirmed"),
+    ("order", None, DEVELOPMENT, "order.confirmed has no user_id"),
+    ("order", "mallory", DEVELOPMENT, "user_id 'mallory' is not a Spine broker user"),
+    ("order", "mes", PRODUCTION, "broker user 'mes' may not publish order.confirmed"),
+    ("order", "dispatch", PRODUCTION, "broker user 'dispatch' may not publish order.confirmed"),
+], ids=["wrong-producer", "no-user-id", "unknown-user-id", "outside-system", "other-service"])
+async def test_a_forged_order_confirmed_is_dead_lettered_with_its_reason_and_opens_no_dispatch(
+    producer: str, user_id: str | None, senders: Senders, reason: str,
+) -> None:
+    uow, store = fake_unit_of_work()
+    broker = make_broker("amqp://unused", service="dispatch", topology=TOPOLOGY, prefetch=1,
+                         senders=senders)
+    subscribers.register(broker, TOPOLOGY, uow)
+    queue = TOPOLOGY.queue_name("dispatch", "order-confirmed")
+    dead: list[dict[str, Any]] = []
+
+    @broker.subscriber(TOPOLOGY.dead_letter_queue(queue), TOPOLOGY.dead_letters)
+    async def dead_letters(_: Any, message: RabbitMessage) -> None:
+        dead.append(dict(message.headers))
+
+    body = new_envelope(type="order.confirmed", producer=producer, data=CONFIRMED,
+                        actor=Actor(id="order", role="system"))
+    async with TestRabbitBroker(broker) as test_broker:
+        await test_broker.publish(json.dumps(body).encode(), exchange=TOPOLOGY.events,
+                                  routing_key="order.confirmed", message_id=body["event_id"],
+                                  content_type="application/json", user_id=user_id)
+
+    assert not store.rows and not uow.published and not uow.inbox
+    [headers] = dead
+    assert headers[QUEUE_HEADER] == queue
+    assert headers[ERROR_HEADER].startswith("ProvenanceError: provenance:")
+    assert reason in headers[ERROR_HEADER]
+
+
+async def test_an_order_confirmed_from_the_order_services_own_user_opens_its_dispatch() -> None:
+    uow, store = fake_unit_of_work()
+    broker = make_broker("amqp://unused", service="dispatch", topology=TOPOLOGY, prefetch=1,
+                         senders=PRODUCTION)
+    subscribers.register(broker, TOPOLOGY, uow)
+    body = envelope("order.confirmed", CONFIRMED)
+    async with TestRabbitBroker(broker) as test_broker:
+        await test_broker.publish(json.dumps(body).encode(), exchange=TOPOLOGY.events,
+                                  routing_key="order.confirmed", message_id=body["event_id"],
+                                  content_type="application/json", user_id="order")
+
+    [dispatch] = store.rows.values()
+    assert dispatch.order_id == "o-1"

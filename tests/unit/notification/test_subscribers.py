@@ -33,7 +33,7 @@ async def publish(broker: Any, event_type: str, body: dict[str, Any] | bytes,
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     await broker.publish(raw, exchange=TOPOLOGY.events, routing_key=event_type,
                          message_id=message_id or (body["event_id"] if isinstance(body, dict) else None),
-                         content_type="application/json")
+                         content_type="application/json", user_id="guest")
 
 
 async def raw_body(message: Any) -> Any:

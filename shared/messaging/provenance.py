@@ -1,0 +1,111 @@
+"""Who may say what: a consumer refuses a message its broker-validated sender may not publish.
+
+The broker's topic permissions already stop a user publishing outside its prefix; this check is
+the second lock, for a broker configured too loosely (development shares `guest`) or a message
+that reached a queue by another door (the default exchange). It runs before the handler, and a
+refusal is a `PermanentError`, so the delivery policy dead-letters the message at once with the
+reason in `x-spine-error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from faststream import BaseMiddleware
+
+from shared.messaging.delivery import PermanentError
+from shared.messaging.permissions import ANY, owner_of, prefixes_of
+from shared.messaging.topology import ROUTING_KEY_HEADER, Topology
+
+DEVELOPMENT_USERS: Mapping[str, str] = {"guest": ANY}
+
+
+class ProvenanceError(PermanentError):
+    """The message's sender may not publish its routing key: never acted on."""
+
+
+@dataclass(frozen=True)
+class Senders:
+    """Broker user → the routing-key prefixes it may publish, from SPINE_BROKER_USERS."""
+
+    prefixes: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, users: Mapping[str, str]) -> Senders:
+        """From a map of broker user → principal (a service, an outside system, or `*`)."""
+        return cls({user: prefixes_of(principal) for user, principal in users.items()})
+
+    def refusal(self, user_id: str | None, routing_key: str, producer: Any) -> str | None:
+        """Why this sender may not publish `routing_key` as `producer`; None when it may."""
+        return self.sender_refusal(user_id, routing_key) or producer_refusal(routing_key, producer)
+
+    def sender_refusal(self, user_id: str | None, routing_key: str) -> str | None:
+        """Why the broker user `user_id` may not publish `routing_key`; None when it may."""
+        if not user_id:
+            return (f"provenance: {routing_key} has no user_id, so the broker vouched for no "
+                    "sender; Spine's publishers always set it")
+        allowed = self.prefixes.get(user_id)
+        if allowed is None:
+            return f"provenance: user_id {user_id!r} is not a Spine broker user"
+        if not routing_key.startswith(allowed):
+            return (f"provenance: broker user {user_id!r} may not publish {routing_key} "
+                    f"(it may publish {', '.join(p + '*' for p in allowed)})")
+        return None
+
+
+# Development's senders: every service logs in as `guest`.
+DEVELOPMENT = Senders.of(DEVELOPMENT_USERS)
+
+
+def producer_refusal(routing_key: str, producer: Any) -> str | None:
+    """Why an envelope naming `producer` may not travel as `routing_key`; None when it may."""
+    owner = owner_of(routing_key)
+    if owner is None:
+        return f"provenance: {routing_key} belongs to no Spine producer"
+    # A body without a producer is left to the contract, which requires one.
+    if isinstance(producer, str) and producer != owner:
+        return (f"provenance: producer {producer!r} may not publish {routing_key} "
+                f"(only {owner!r} may)")
+    return None
+
+
+class ProvenancePolicy:
+    """Broker middleware factory: refuses, before the handler runs, what `senders` may not send."""
+
+    def __init__(self, senders: Senders, topology: Topology) -> None:
+        self.senders = senders
+        # A dead letter was refused or failed already, and its copy carries no sender; only a
+        # test (or ops) reads it back, never a service's handler.
+        self.exempt = topology.dead_letters.name
+
+    def __call__(self, msg: Any, /, *, context: Any) -> _Provenance:
+        return _Provenance(msg, context=context, policy=self)
+
+
+class _Provenance(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: Any, policy: ProvenancePolicy) -> None:
+        super().__init__(msg, context=context)
+        self.senders = policy.senders
+        self.exempt = policy.exempt
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        raw = msg.raw_message
+        if raw.exchange == self.exempt:
+            return await call_next(msg)
+        routing_key = raw.routing_key or ""
+        if not raw.exchange:
+            # A replay comes through the default exchange, addressed to the queue: the event's
+            # own key is in the header the dead-lettering kept.
+            header = (raw.headers or {}).get(ROUTING_KEY_HEADER)
+            routing_key = header.decode() if isinstance(header, bytes) else str(header or "")
+        reason = self.senders.sender_refusal(raw.user_id, routing_key)
+        if reason is None:
+            # Decoded once: FastStream caches the body for the handler's own parsing.
+            body = await msg.decode()
+            producer = body.get("producer") if isinstance(body, dict) else None
+            reason = producer_refusal(routing_key, producer)
+        if reason is not None:
+            raise ProvenanceError(reason)
+        return await call_next(msg)
