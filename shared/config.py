@@ -40,6 +40,11 @@ class ServiceSettings(BaseSettings):
     prefetch: int = Field(default=64, ge=1)
     db_pool_size: int = Field(default=16, ge=1, description="connections per service process")
     delivery_limit: int = Field(default=5, ge=1)
+    declare_topology: bool = Field(
+        default=True,
+        description="false where the broker user has no configure rights (production): the "
+        "service then only checks that `spine topology declare` made its queues and binds them",
+    )
     broker_users: dict[str, str] | None = Field(
         default=None,
         description="JSON: broker user → the service or outside system it publishes for ('*': "

@@ -45,7 +45,8 @@ class Runtime:
     def build(cls, name: str, settings: ServiceSettings) -> Runtime:
         setup_logging(name, settings.log_level)
         setup_tracing(name)
-        topology = Topology(settings.namespace, settings.delivery_limit)
+        topology = Topology(settings.namespace, settings.delivery_limit,
+                            declare=settings.declare_topology)
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, service=name)
         broker = make_broker(
             settings.amqp_url, service=name, topology=topology, prefetch=settings.prefetch,

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from spine_cli.broker import broker
 from spine_cli.db import db
 from spine_cli.dispatch import dispatch
 from spine_cli.dlq import dlq
@@ -92,6 +93,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 cli.add_command(db)
 cli.add_command(topology)
+cli.add_command(broker)
 cli.add_command(token)
 cli.add_command(dlq)
 cli.add_command(submit_order)

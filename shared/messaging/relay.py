@@ -217,7 +217,7 @@ class OutboxRelay:
             try:
                 self._exchange = await channel.declare_exchange(
                     self.topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True,
-                    timeout=_BROKER_WAIT_S,
+                    passive=not self.topology.declare, timeout=_BROKER_WAIT_S,
                 )
             except BaseException:
                 with contextlib.suppress(Exception):  # or the connection would restore it

@@ -23,14 +23,19 @@ class Topology:
 
     namespace: str = "spine"
     delivery_limit: int = 5
+    # False where the services' broker users have no configure rights (production): they then
+    # only check, passively, that `spine topology declare` made what they use, and bind to it.
+    declare: bool = True
 
     @property
     def events(self) -> RabbitExchange:
-        return RabbitExchange(f"{self.namespace}.events", type=ExchangeType.TOPIC, durable=True)
+        return RabbitExchange(f"{self.namespace}.events", type=ExchangeType.TOPIC, durable=True,
+                              declare=self.declare)
 
     @property
     def dead_letters(self) -> RabbitExchange:
-        return RabbitExchange(f"{self.namespace}.dlx", type=ExchangeType.DIRECT, durable=True)
+        return RabbitExchange(f"{self.namespace}.dlx", type=ExchangeType.DIRECT, durable=True,
+                              declare=self.declare)
 
     def queue_name(self, service: str, purpose: str) -> str:
         return f"{self.namespace}.{service}.{purpose}"
@@ -43,6 +48,7 @@ class Topology:
             queue_type=QueueType.QUORUM,
             durable=True,
             routing_key=routing_key,
+            declare=self.declare,
             arguments={
                 "x-dead-letter-exchange": self.dead_letters.name,
                 "x-dead-letter-routing-key": name,
@@ -58,6 +64,7 @@ class Topology:
             queue_type=QueueType.QUORUM,
             durable=True,
             routing_key=queue_name,
+            declare=self.declare,
         )
 
 

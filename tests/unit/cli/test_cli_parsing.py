@@ -15,7 +15,8 @@ from spine_cli.errors import CliError
 from spine_cli.main import cli
 from tests.unit.cli.conftest import Spine
 
-TOP_LEVEL = ["db", "topology", "token", "dlq", "submit-order", "publish-raw", "watch", "dispatch", "erp"]
+TOP_LEVEL = ["db", "topology", "broker", "token", "dlq", "submit-order", "publish-raw", "watch",
+             "dispatch", "erp"]
 
 
 def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
