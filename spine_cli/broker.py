@@ -91,7 +91,7 @@ def apply(vhost: str, namespace: str, systems: tuple[str, ...], user_prefix: str
         passwords_file.write_text(json.dumps(passwords, indent=2) + "\n")
     document = _definitions(definitions, vhost=vhost, namespace=namespace, systems=systems,
                             user_prefix=user_prefix, passwords=passwords)
-    _ctl(rabbitmqctl, "import_definitions", "-", stdin=render(document))
+    _ctl(rabbitmqctl, "import_definitions", "--format", "json", stdin=render(document))
     click.echo(f"applied {len(users)} user(s) to vhost {vhost}: {', '.join(users)}")
     click.echo(f"SPINE_BROKER_USERS={json.dumps(users, separators=(',', ':'))}")
 
