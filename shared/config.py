@@ -40,6 +40,10 @@ class ServiceSettings(BaseSettings):
     db_pool_size: int = Field(default=16, ge=1, description="connections per service process")
     delivery_limit: int = Field(default=5, ge=1)
     log_level: str = "INFO"
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1,
+        description="largest request body a route accepts unless the service sets its own",
+    )
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
