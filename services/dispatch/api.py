@@ -86,7 +86,7 @@ async def get_dispatch(
 
 @router.post("/{dispatch_id}/transitions", response_model=MovedOut,
              summary="Move a dispatch to its next status",
-             responses=responses(400, 401, 403, 404, 409, 412, 422, 428))
+             responses=responses(400, 401, 403, 404, 409, 412, 413, 422, 428))
 async def post_transition(
     dispatch_id: uuid.UUID,
     body: TransitionIn,

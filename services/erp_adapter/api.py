@@ -94,7 +94,7 @@ class LogEntryOut(BaseModel):
     "/imports",
     response_model=ImportReportOut,
     summary="Import customers or products from an ERP export (CSV or JSON)",
-    responses=responses(401, 403, 413, 415, 422),
+    responses=responses(400, 401, 403, 413, 415, 422),
 )
 async def post_import(
     uow: UowDep,

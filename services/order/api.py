@@ -109,7 +109,7 @@ class CancelIn(BaseModel):
     status_code=views.CREATED,
     response_model=OrderOut,
     summary="Create an order (honours Idempotency-Key)",
-    responses=responses(401, 403, 409, 422),
+    responses=responses(400, 401, 403, 409, 413, 422),
 )
 async def post_order(
     body: OrderIn,
@@ -169,7 +169,7 @@ async def post_confirm(
     "/{order_id}/cancel",
     response_model=OrderOut,
     summary="Cancel an order, with a reason",
-    responses=responses(400, 401, 403, 404, 409, 412, 422),
+    responses=responses(400, 401, 403, 404, 409, 412, 413, 422),
 )
 async def post_cancel(
     order_id: uuid.UUID, body: CancelIn, uow: UowDep, principal: Canceller,
