@@ -114,5 +114,10 @@ def _reason(error: Any) -> str:
 # The answers routes document, so the OpenAPI document says what the service really sends.
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: each code with the problem body and its meaning."""
-    return {code: {"model": Problem, "description": _TITLES.get(code, "Error"),
-                   "content": {PROBLEM_JSON: {}}} for code in codes}
+    # Under problem+json alone, the media type they are sent as: `model=` would file the schema
+    # under application/json and leave the problem+json answer unchecked.
+    return {code: {"description": _TITLES.get(code, "Error"),
+                   "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}} for code in codes}
+
+
+_PROBLEM_SCHEMA = Problem.model_json_schema()
