@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
         "any, like an ops user); unset, the service's own login is everyone's (development)",
     )
     log_level: str = "INFO"
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1,
+        description="largest request body a route accepts unless the service sets its own",
+    )
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

@@ -49,7 +49,8 @@ def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
         IDLE_IN_TRANSACTION.set(stuck)
         return stuck
 
-    @router.get("/readyz", summary="The database and the broker answer, no session is stuck")
+    @router.get("/readyz", summary="The database and the broker answer, no session is stuck",
+                responses={503: {"description": "Not ready: `checks` names what failed"}})
     async def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
         try:

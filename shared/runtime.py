@@ -25,6 +25,7 @@ from shared.messaging.provenance import Senders
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology, consumer_queues
 from shared.telemetry import setup_logging, setup_tracing
+from shared.web.body_limit import BodyLimit
 
 log = logging.getLogger("spine.runtime")
 
@@ -96,11 +97,13 @@ class Runtime:
             log.info("%s stopped cleanly", self.name)
 
     def app(self, *, routers: list[Any], uow: Any,
-            published: Mapping[str, type[Any]] | None = None) -> FastAPI:
+            published: Mapping[str, type[Any]] | None = None,
+            body_limits: Mapping[str, int] | None = None) -> FastAPI:
         """The service's FastAPI app: its routes, ops routes, problem responses, AsyncAPI document.
 
         `uow` is what the routes' `unit_of_work` dependency hands out; `published` lists the
-        events the service's outbox sends, for the AsyncAPI document.
+        events the service's outbox sends, for the AsyncAPI document; `body_limits` the paths
+        that accept a larger body than `max_body_bytes` (in bytes).
         """
         if published:
             self.document_events(published)
@@ -112,6 +115,8 @@ class Runtime:
             audience=self.settings.jwt_audience,
         )
         app.state.runtime = self
+        # Added before the metrics middleware, so that wraps it and counts its 413s too.
+        app.add_middleware(BodyLimit, default=self.settings.max_body_bytes, routes=body_limits)
         install_error_handlers(app, self.name)
         app.include_router(ops_router(self.engine, self.broker))
         for router in routers:

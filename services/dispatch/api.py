@@ -7,7 +7,7 @@ from dataclasses import asdict
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,7 @@ from services.dispatch.handlers import Moved, TransitionDispatch, handle
 from services.dispatch.unit_of_work import DispatchUnitOfWork
 from shared.audit import AuditEntry
 from shared.tokens import ROLES
+from shared.web import params
 from shared.web.deps import EngineDep, IfMatchHeader, ReaderDep, parse_if_match, unit_of_work, with_etag
 from shared.web.problems import responses
 
@@ -66,9 +67,9 @@ async def get_dispatches(
     engine: EngineDep,
     _: ReaderDep,
     status: Status | None = None,
-    order_id: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    order_id: Annotated[str | None, params.text()] = None,
+    limit: Annotated[int, params.limit(500)] = 50,
+    offset: params.Offset = 0,
 ) -> list[dict[str, Any]]:
     return await views.list_dispatches(engine, status=status.value if status else None,
                                        order_id=order_id, limit=limit, offset=offset)
@@ -85,7 +86,7 @@ async def get_dispatch(
 
 @router.post("/{dispatch_id}/transitions", response_model=MovedOut,
              summary="Move a dispatch to its next status",
-             responses=responses(400, 401, 403, 404, 409, 412, 422, 428))
+             responses=responses(400, 401, 403, 404, 409, 412, 413, 422, 428))
 async def post_transition(
     dispatch_id: uuid.UUID,
     body: TransitionIn,

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from pydantic import BaseModel
 
 from services.erp_adapter import views
@@ -15,6 +15,7 @@ from services.erp_adapter.domain import Format, Kind
 from services.erp_adapter.handlers import ImportExport, ImportOutcome, handle
 from services.erp_adapter.unit_of_work import ErpUnitOfWork
 from shared.auth import Principal, require_roles
+from shared.web import params
 from shared.web.deps import EngineDep, unit_of_work
 from shared.web.problems import responses
 
@@ -32,6 +33,8 @@ def settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(settings)]
+# Room for the multipart boundaries, part headers and the small form fields beside the file.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 class RowErrorOut(BaseModel):
@@ -91,7 +94,7 @@ class LogEntryOut(BaseModel):
     "/imports",
     response_model=ImportReportOut,
     summary="Import customers or products from an ERP export (CSV or JSON)",
-    responses=responses(401, 403, 413, 415, 422),
+    responses=responses(400, 401, 403, 413, 415, 422),
 )
 async def post_import(
     uow: UowDep,
@@ -139,8 +142,8 @@ async def get_imports(
     engine: EngineDep,
     _: IntegrationReaderDep,
     kind: Kind | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, params.limit(500)] = 50,
+    offset: params.Offset = 0,
 ) -> list[dict[str, Any]]:
     return await views.list_runs(engine, kind=kind.value if kind else None, limit=limit,
                                  offset=offset)
@@ -160,12 +163,11 @@ async def get_import(run_id: uuid.UUID, engine: EngineDep, _: IntegrationReaderD
 async def get_integration_log(
     engine: EngineDep,
     _: IntegrationReaderDep,
-    kind: Annotated[str | None, Query(description="import, customer, product, …")] = None,
-    outcome: Annotated[str | None, Query(description="created, updated, rejected, …")] = None,
+    kind: Annotated[str | None, params.text("import, customer, product, …")] = None,
+    outcome: Annotated[str | None, params.text("created, updated, rejected, …")] = None,
     correlation_id: uuid.UUID | None = None,
-    before_id: Annotated[int | None, Query(ge=1, description="page: entries older than this")]
-    = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, params.integer("page: entries older than this")] = None,
+    limit: Annotated[int, params.limit(1000)] = 100,
 ) -> list[dict[str, Any]]:
     return await views.list_log(engine, kind=kind, outcome=outcome, correlation_id=correlation_id,
                                 before_id=before_id, limit=limit)

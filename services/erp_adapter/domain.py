@@ -248,13 +248,26 @@ def _read_csv(name: str, text: str, given: Kind | None) -> tuple[Kind, list[RawR
     return kind, rows
 
 
+# An export is a list (or a section) of flat records: anything deeper is not one, and a parser
+# or a later json.dumps recursing through thousands of levels would exhaust the stack.
+MAX_JSON_DEPTH = 32
+
+
 def _read_json(name: str, text: str, given: Kind | None) -> tuple[Kind, list[RawRow]]:
+    too_deep = UnreadableFile(
+        f"{name} is nested more than {MAX_JSON_DEPTH} levels deep; a JSON export is a list "
+        "of flat records"
+    )
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UnreadableFile(
             f"{name} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         ) from exc
+    except RecursionError as exc:
+        raise too_deep from exc
+    if _deeper_than(document, MAX_JSON_DEPTH):
+        raise too_deep
     sections = [k for k in SCHEMAS if isinstance(document, dict) and k.value in document]
     if isinstance(document, dict):
         if len(sections) != 1 or not isinstance(document[sections[0].value], list):
@@ -284,6 +297,18 @@ def _read_json(name: str, text: str, given: Kind | None) -> tuple[Kind, list[Raw
 
 
 _NOT_AN_OBJECT = object()  # marks a JSON list element that is not an object
+def _deeper_than(document: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` levels, found without recursing."""
+    if not isinstance(document, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 # ---------------------------------------------------------------------------- checking rows

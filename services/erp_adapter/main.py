@@ -17,9 +17,13 @@ from shared.runtime import Runtime
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
-    runtime = Runtime.build(NAME, settings or Settings())
+    config = settings or Settings()
+    runtime = Runtime.build(NAME, config)
     uow = sql_unit_of_work(runtime.engine)
-    return runtime, runtime.app(routers=[api.router], uow=uow, published=publishers.PUBLISHED)
+    # The upload's multipart framing and form fields come on top of the file itself.
+    upload_limit = config.import_max_bytes + api.UPLOAD_OVERHEAD_BYTES
+    return runtime, runtime.app(routers=[api.router], uow=uow, published=publishers.PUBLISHED,
+                                body_limits={"/imports": upload_limit})
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from services.notification import views
 from shared.auth import Principal, require_roles
+from shared.web import params
 from shared.web.deps import EngineDep
 from shared.web.problems import responses
 
@@ -42,11 +43,10 @@ async def get_events(
     engine: EngineDep,
     _: OpsReaderDep,
     correlation_id: Annotated[uuid.UUID | None, Query(description="one order journey")] = None,
-    type: Annotated[str | None, Query(description="exact event type, e.g. dispatch.packed")]
-    = None,
-    aggregate_id: Annotated[str | None, Query(description="a dispatch or order id")] = None,
+    type: Annotated[str | None, params.text("exact event type, e.g. dispatch.packed")] = None,
+    aggregate_id: Annotated[str | None, params.text("a dispatch or order id")] = None,
     order: Literal["asc", "desc"] = "desc",
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Annotated[int, params.limit(500)] = 100,
 ) -> list[dict[str, Any]]:
     return await views.list_events(engine, correlation_id=correlation_id, event_type=type,
                                    aggregate_id=aggregate_id, oldest_first=order == "asc",

@@ -8,7 +8,7 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -19,7 +19,9 @@ from services.order.unit_of_work import OrderUnitOfWork
 from shared.audit import AuditEntry
 from shared.auth import Principal, require_roles
 from shared.contracts import ext
+from shared.web import params
 from shared.web.deps import EngineDep, IfMatchHeader, ReaderDep, parse_if_match, unit_of_work, with_etag
+from shared.web.params import MAX_INT
 from shared.web.problems import responses
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -35,6 +37,18 @@ Canceller = Annotated[
 ]
 
 
+# The wire contracts tolerate unknown fields (a newer producer may add some); a person typing
+# an order in gets told instead, at every depth, so that a misspelt field is never dropped.
+class ShipToIn(ext.ShipTo):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrderLineIn(ext.OrderLine):
+    model_config = ConfigDict(extra="forbid")
+
+    line_no: int = Field(ge=1, le=MAX_INT)
+
+
 class OrderIn(BaseModel):
     """An order typed in by a person: `ext.*.order.submitted` without `confirmed`."""
 
@@ -48,12 +62,12 @@ class OrderIn(BaseModel):
     customer_id: str = Field(min_length=1, max_length=64)
     requested_ship_date: date
     priority: Literal["normal", "rush"] = "normal"
-    ship_to: ext.ShipTo
-    lines: list[ext.OrderLine] = Field(min_length=1, max_length=500)
+    ship_to: ShipToIn
+    lines: list[OrderLineIn] = Field(min_length=1, max_length=500)
 
     @field_validator("lines")
     @classmethod
-    def _line_numbers_unique(cls, lines: list[ext.OrderLine]) -> list[ext.OrderLine]:
+    def _line_numbers_unique(cls, lines: list[OrderLineIn]) -> list[OrderLineIn]:
         numbers = [line.line_no for line in lines]
         if len(numbers) != len(set(numbers)):
             raise ValueError("line_no must be unique within an order")
@@ -85,6 +99,8 @@ class OrderOut(BaseModel):
 
 
 class CancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     reason: str = Field(min_length=1, max_length=2000)
 
 
@@ -93,7 +109,7 @@ class CancelIn(BaseModel):
     status_code=views.CREATED,
     response_model=OrderOut,
     summary="Create an order (honours Idempotency-Key)",
-    responses=responses(401, 403, 409, 422),
+    responses=responses(400, 401, 403, 409, 413, 422),
 )
 async def post_order(
     body: OrderIn,
@@ -153,7 +169,7 @@ async def post_confirm(
     "/{order_id}/cancel",
     response_model=OrderOut,
     summary="Cancel an order, with a reason",
-    responses=responses(400, 401, 403, 404, 409, 412, 422),
+    responses=responses(400, 401, 403, 404, 409, 412, 413, 422),
 )
 async def post_cancel(
     order_id: uuid.UUID, body: CancelIn, uow: UowDep, principal: Canceller,
@@ -181,11 +197,11 @@ async def get_orders(
     engine: EngineDep,
     _: ReaderDep,
     status: Status | None = None,
-    customer_id: str | None = None,
-    source: str | None = None,
-    external_ref: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    customer_id: Annotated[str | None, params.text()] = None,
+    source: Annotated[str | None, params.text()] = None,
+    external_ref: Annotated[str | None, params.text()] = None,
+    limit: Annotated[int, params.limit(500)] = 50,
+    offset: params.Offset = 0,
 ) -> list[dict[str, Any]]:
     return await views.list_orders(
         engine, status=status.value if status else None, customer_id=customer_id, source=source,

@@ -8,6 +8,7 @@ from fastapi import Depends, Header, HTTPException, Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.auth import ROLES, Principal, current_principal, require_roles
+from shared.web.params import MAX_INT
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 # Any of the plant's roles may read; writes check their own roles in the domain.
@@ -30,7 +31,7 @@ EngineDep = Annotated[AsyncEngine, Depends(engine)]
 
 IfMatchHeader = Annotated[
     str | None,
-    Header(description="the ETag (version) you read; a stale one is refused with 412"),
+    Header(max_length=100, description="the ETag (version) you read; a stale one is refused with 412"),
 ]
 
 
@@ -41,7 +42,9 @@ def parse_if_match(value: str | None, *, required: bool) -> int | None:
             raise HTTPException(428, "If-Match is required: send the ETag (version) you last read")
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    # ASCII digits only (str.isdigit() takes '²', which int() refuses) and no more than a
+    # stored version can hold.
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_INT:
         raise HTTPException(400, f"If-Match {value!r} is not a version")
     return int(text)
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.web.params import PRINTABLE, PRINTABLE_HINT
 from shared.workflow import (
     ApprovalRequired,
     Conflict,
@@ -91,7 +92,7 @@ def install_problem_responses(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {_reason(err)}"
             for err in exc.errors()
         ]
         return problem(422, "invalid request", kind="invalid-request", problems=problems)
@@ -102,8 +103,21 @@ def install_problem_responses(app: FastAPI) -> None:
         return problem(exc.status_code, detail, headers=dict(exc.headers or {}) or None)
 
 
+def _reason(error: Any) -> str:
+    # The pattern itself means nothing to the person who sent a NUL byte.
+    if error.get("type") == "string_pattern_mismatch" and \
+            (error.get("ctx") or {}).get("pattern") == PRINTABLE:
+        return PRINTABLE_HINT
+    return str(error["msg"])
+
+
 # The answers routes document, so the OpenAPI document says what the service really sends.
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: each code with the problem body and its meaning."""
-    return {code: {"model": Problem, "description": _TITLES.get(code, "Error"),
-                   "content": {PROBLEM_JSON: {}}} for code in codes}
+    # Under problem+json alone, the media type they are sent as: `model=` would file the schema
+    # under application/json and leave the problem+json answer unchecked.
+    return {code: {"description": _TITLES.get(code, "Error"),
+                   "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}} for code in codes}
+
+
+_PROBLEM_SCHEMA = Problem.model_json_schema()

@@ -342,6 +342,26 @@ async def test_the_command_imports_before_the_service_runs_and_the_service_publi
         await erp.assert_no_more_events()
 
 
+async def test_a_deeply_nested_export_is_refused_with_its_reason_by_the_api_and_the_command(
+    erp: Erp, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    async with erp.service() as client:
+        response = await client.post("/imports", headers=erp.token("integration"),
+                                     **upload("deep.json", deep))
+    assert response.status_code == 422, response.text
+    assert "nested more than 32 levels deep" in response.json()["detail"]
+
+    monkeypatch.delenv("SPINE_JWT_SECRET")
+    monkeypatch.setattr(cli_settings, "ENV_FILE", erp.tmp_path / "no.env")
+    path = erp.tmp_path / "deep.json"
+    path.write_bytes(deep)
+    code = await asyncio.to_thread(spine, ["erp", "import", str(path)])
+    assert code == erp_command.EXIT_UNUSABLE_INPUT
+    assert "deep.json: not imported: deep.json is nested more than 32" in capsys.readouterr().err
+    assert await erp.count("erp_customer") == 0
+
+
 async def test_the_command_refuses_a_database_that_is_not_migrated(
     erp: Erp, capsys: pytest.CaptureFixture[str]
 ) -> None:

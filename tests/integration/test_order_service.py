@@ -653,6 +653,64 @@ async def test_unknown_orders_and_bad_requests_get_clear_answers(svc: OrderServi
     assert any(p.startswith("confirmed") for p in refused.json()["problems"])
 
 
+async def test_unknown_fields_inside_an_order_are_refused_at_every_depth_and_nothing_is_written(
+    svc: OrderService,
+) -> None:
+    sales = svc.token("sales")
+    body = _order_body()
+    body["lines"][0]["price"] = "9.99"
+    body["ship_to"]["vip"] = True
+    before = await svc.counts()
+
+    refused = await svc.http.post("/orders", json=body, headers=sales)
+    cancel = await svc.http.post(f"/orders/{uuid.uuid4()}/cancel", headers=sales,
+                                 json={"reason": "typo", "force": True})
+
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert sorted(refused.json()["problems"]) == [
+        "lines.0.price: Extra inputs are not permitted",
+        "ship_to.vip: Extra inputs are not permitted",
+    ]
+    assert cancel.status_code == 422
+    assert cancel.json()["problems"] == ["force: Extra inputs are not permitted"]
+    assert await svc.counts() == before
+
+
+@pytest.mark.parametrize(("query", "problem"), [
+    ({"offset": "100000000000000000000"}, "query.offset: Input should be less than or equal to"),
+    ({"offset": str(2**31)}, "query.offset: Input should be less than or equal to 2147483647"),
+    ({"limit": "501"}, "query.limit: Input should be less than or equal to 500"),
+    ({"customer_id": "a\x00b"}, "query.customer_id: must not contain control characters"),
+    ({"external_ref": "x" * 201}, "query.external_ref: String should have at most 200"),
+    ({"source": "line\nbreak"}, "query.source: must not contain control characters"),
+])
+async def test_a_list_parameter_the_database_cannot_hold_is_refused_naming_it(
+    svc: OrderService, query: dict[str, str], problem: str,
+) -> None:
+    response = await svc.http.get("/orders", params=query, headers=svc.token("sales"))
+
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert [p for p in response.json()["problems"] if p.startswith(problem)], response.json()
+
+
+async def test_a_body_over_the_size_limit_is_refused_with_413_and_nothing_is_written(
+    svc: OrderService,
+) -> None:
+    body = _order_body()
+    body["ship_to"]["name"] = "x" * (svc.settings.max_body_bytes + 1)
+    before = await svc.counts()
+
+    response = await svc.http.post("/orders", json=body, headers=svc.token("sales"))
+
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == (
+        f"the request body is larger than {svc.settings.max_body_bytes} bytes")
+    assert await svc.counts() == before
+
+
 async def test_the_service_consumes_exactly_the_queues_the_shared_topology_lists(
     svc: OrderService,
 ) -> None:

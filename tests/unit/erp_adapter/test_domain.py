@@ -171,6 +171,18 @@ def test_json_rows_are_numbered_from_one_and_non_objects_are_rejected() -> None:
     ]
 
 
+@pytest.mark.parametrize("content", [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"customers": ' * 100_000 + b"[]" + b"}" * 100_000,
+    b'[{"customer_id": "C-1", "name": ' + b"[" * 40 + b"]" * 40 + b"}]",
+], ids=["arrays-100k-deep", "objects-100k-deep", "a-value-40-deep"])
+def test_a_deeply_nested_json_export_is_refused_with_a_reason_not_a_recursion_error(
+    content: bytes,
+) -> None:
+    with pytest.raises(UnreadableFile, match="nested more than 32 levels deep"):
+        read_export("deep.json", content)
+
+
 def test_a_json_section_must_match_an_explicit_kind() -> None:
     content = json.dumps({"customers": [{"customer_id": "C-1", "name": "Acme"}]}).encode()
     with pytest.raises(UnreadableFile, match="holds customers, not products"):
