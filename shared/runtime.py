@@ -15,7 +15,7 @@ from faststream.rabbit import RabbitBroker
 from faststream.specification import AsyncAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.auth import JwtVerifier
+from shared.auth import make_verifier
 from shared.config import ServiceSettings
 from shared.contracts.envelope import Envelope
 from shared.db.engine import make_engine
@@ -103,11 +103,7 @@ class Runtime:
             self.document_events(published)
         app = FastAPI(title=f"Spine {self.name}", lifespan=self.lifespan, version="1.0.0")
         app.state.uow = uow
-        app.state.jwt = JwtVerifier(
-            self.settings.jwt_secret.get_secret_value(),
-            issuer=self.settings.jwt_issuer,
-            audience=self.settings.jwt_audience,
-        )
+        app.state.jwt = make_verifier(self.settings)
         app.state.runtime = self
         install_error_handlers(app, self.name)
         app.include_router(ops_router(self.engine, self.broker))
