@@ -24,6 +24,7 @@ from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology, consumer_queues
 from shared.telemetry import setup_logging, setup_tracing
+from shared.web.permissions import Door, Permissions, documented_routes
 
 log = logging.getLogger("spine.runtime")
 
@@ -92,19 +93,24 @@ class Runtime:
             await self.engine.dispose()
             log.info("%s stopped cleanly", self.name)
 
-    def app(self, *, routers: list[Any], uow: Any,
+    def app(self, *, routers: list[Any], uow: Any, permissions: Permissions,
             published: Mapping[str, type[Any]] | None = None) -> FastAPI:
         """The service's FastAPI app: its routes, ops routes, problem responses, AsyncAPI document.
 
-        `uow` is what the routes' `unit_of_work` dependency hands out; `published` lists the
-        events the service's outbox sends, for the AsyncAPI document.
+        `uow` is what the routes' `unit_of_work` dependency hands out; `permissions` is the
+        service's matrix, enforced before any route runs (an app serving a route the matrix
+        does not name is refused here); `published` lists the events the service's outbox
+        sends, for the AsyncAPI document.
         """
         if published:
             self.document_events(published)
         app = FastAPI(title=f"Spine {self.name}", lifespan=self.lifespan, version="1.0.0")
         app.state.uow = uow
-        app.state.jwt = make_verifier(self.settings)
+        app.state.jwt = verifier = make_verifier(self.settings)
         app.state.runtime = self
+        service_routes = [route for router in routers for route in router.routes]
+        # Added first, so it sits inside the metrics middleware: refusals are counted too.
+        app.add_middleware(Door, routes=service_routes, permissions=permissions, verifier=verifier)
         install_error_handlers(app, self.name)
         app.include_router(ops_router(self.engine, self.broker))
         for router in routers:
@@ -116,6 +122,7 @@ class Runtime:
         async def asyncapi() -> Any:
             return spec.to_specification().to_jsonable()
 
+        permissions.check_covers(service_routes, documented_routes(app.openapi()))
         return app
 
     @classmethod

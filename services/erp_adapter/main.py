@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.erp_adapter import api, publishers
+from services.erp_adapter import api, permissions, publishers
 from services.erp_adapter.config import NAME, Settings
 from services.erp_adapter.unit_of_work import sql_unit_of_work
 from shared.runtime import Runtime
@@ -19,7 +19,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     runtime = Runtime.build(NAME, settings or Settings())
     uow = sql_unit_of_work(runtime.engine)
-    return runtime, runtime.app(routers=[api.router], uow=uow, published=publishers.PUBLISHED)
+    return runtime, runtime.app(routers=[api.router], uow=uow, permissions=permissions.PERMISSIONS,
+                                published=publishers.PUBLISHED)
 
 
 def main() -> None:

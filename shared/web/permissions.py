@@ -11,10 +11,11 @@ refused request writes nothing. The domain's own checks still decide the finer q
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from starlette.routing import BaseRoute, Match, Router
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.auth import PRINCIPAL_STATE, authenticate
@@ -62,9 +63,14 @@ class Permissions:
             for role in ROLES:
                 yield method, path, role, role in roles
 
-    def check_covers(self, routes: Iterable[BaseRoute]) -> None:
-        """Raise `MatrixMismatch` unless the matrix names exactly the app's non-public routes."""
-        served = set(protected_routes(routes))
+    def check_covers(self, routes: Iterable[BaseRoute],
+                     documented: Iterable[Route] = ()) -> None:
+        """Raise `MatrixMismatch` unless the matrix names exactly the service's non-public routes.
+
+        `routes` are the service's own (its routers'); `documented` is what the app's OpenAPI
+        document lists, so that a route added to the app some other way is caught as well.
+        """
+        served = set(protected_routes(routes)) | {r for r in documented if r[1] not in PUBLIC_PATHS}
         missing = sorted(served - set(self.routes))
         stale = sorted(set(self.routes) - served)
         if missing or stale:
@@ -90,14 +96,15 @@ class Door:
     """ASGI middleware: the matched route's matrix entry decides before anything else runs.
 
     It sits outside FastAPI's routing so that a refused request's body is never read or parsed
-    (an upload from a caller without a token costs us nothing). Requests that match no route
-    pass through, to be answered 404/405 by the router.
+    (an upload from a caller without a token costs us nothing); it matches the request against
+    the service's own routes, which the matrix covers. Requests that match none pass through,
+    to be answered by the public routes or 404/405 by the router.
     """
 
-    def __init__(self, app: ASGIApp, *, router: Router, permissions: Permissions,
+    def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute], permissions: Permissions,
                  verifier: TokenVerifier) -> None:
         self.app = app
-        self.router = router
+        self.routes = routes
         self.permissions = permissions
         self.verifier = verifier
 
@@ -128,12 +135,20 @@ class Door:
 
     def _matched(self, scope: Scope) -> str | None:
         """The path template of the protected route this request is for, if any."""
-        for route in self.router.routes:
+        for route in self.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
                 path: str | None = getattr(route, "path", None)
                 return None if path in PUBLIC_PATHS else path
         return None
+
+
+def documented_routes(openapi: Mapping[str, Any]) -> Iterator[Route]:
+    """(method, path) of every operation an OpenAPI document lists."""
+    for path, operations in openapi.get("paths", {}).items():
+        for method in operations:
+            if method in ("get", "put", "post", "delete", "patch", "options", "head", "trace"):
+                yield method.upper(), path
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

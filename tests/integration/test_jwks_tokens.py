@@ -25,11 +25,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from shared.tokens import JwksKeys, JwksVerifier, JwtVerifier, Principal, Unauthorized
-from shared.web.permissions import Door, Permissions
+from shared.web.permissions import Door, Permissions, documented_routes
 from shared.web.problems import install_problem_responses
 
 ISSUER = "https://idp.plant.example"
@@ -282,13 +282,17 @@ def door_app(check: JwksVerifier) -> FastAPI:
     app = FastAPI()
     install_problem_responses(app)
 
-    @app.get("/things")
+    router = APIRouter()
+
+    @router.get("/things")
     async def things() -> dict[str, str]:
         return {"ok": "yes"}
 
+    app.include_router(router)
+
     permissions = Permissions("test", {("GET", "/things"): frozenset({"planner"})})
-    permissions.check_covers(app.router.routes)
-    app.add_middleware(Door, router=app.router, permissions=permissions, verifier=check)
+    permissions.check_covers(router.routes, documented_routes(app.openapi()))
+    app.add_middleware(Door, routes=router.routes, permissions=permissions, verifier=check)
     return app
 
 
