@@ -105,6 +105,11 @@ class ServiceSettings(BaseSettings):
         if self.jwt_secret is not None and self.jwks_url is not None:
             raise ValueError("set SPINE_JWT_SECRET (development) or SPINE_JWKS_URL "
                              "(production), not both")
+        # A provider's keys sign tokens for every application it serves: without an audience,
+        # a token issued for some other application would be accepted here.
+        if self.jwks_url is not None and not self.jwt_audience:
+            raise ValueError("with SPINE_JWKS_URL, set SPINE_JWT_AUDIENCE (the audience the "
+                             "identity provider issues Spine's tokens for)")
 
     @property
     def algorithms(self) -> tuple[str, ...]:

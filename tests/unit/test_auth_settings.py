@@ -14,6 +14,8 @@ JWKS = "https://idp.plant.example/.well-known/jwks.json"
 
 
 def settings(**values: object) -> Settings:
+    if values.get("jwks_url"):
+        values.setdefault("jwt_audience", "spine")
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -37,6 +39,10 @@ def test_a_jwks_url_alone_checks_tokens_against_the_providers_keys() -> None:
 def test_a_service_with_neither_the_secret_nor_a_jwks_refuses_to_start() -> None:
     reason = refusal(jwt_secret=None)
     assert "set SPINE_JWT_SECRET (development" in reason and "or SPINE_JWKS_URL" in reason
+
+
+def test_a_jwks_without_an_audience_refuses_to_start() -> None:
+    assert "set SPINE_JWT_AUDIENCE" in refusal(jwt_secret=None, jwks_url=JWKS, jwt_audience=None)
 
 
 def test_a_service_with_both_the_secret_and_a_jwks_refuses_to_start() -> None:
