@@ -8,9 +8,42 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from shared.tokens import ROLES, JwtVerifier, Principal, Unauthorized
+from shared.config import ServiceSettings
+from shared.tokens import (
+    ROLES,
+    JwksKeys,
+    JwksVerifier,
+    JwtVerifier,
+    Principal,
+    TokenVerifier,
+    Unauthorized,
+)
 
-__all__ = ["ROLES", "JwtVerifier", "Principal", "current_principal", "require_roles"]
+__all__ = ["ROLES", "JwtVerifier", "Principal", "authenticate", "current_principal",
+           "make_verifier", "require_roles"]
+
+# Where the app-level door (`shared/web/permissions.py`) leaves the principal it checked.
+PRINCIPAL_STATE = "principal"
+
+
+def make_verifier(settings: ServiceSettings) -> TokenVerifier:
+    """The settings' one way of checking tokens: the JWKS in production, else the dev secret."""
+    if settings.jwks_url is not None:
+        keys = JwksKeys(settings.jwks_url, min_refresh_s=settings.jwks_min_refresh_s,
+                        max_age_s=settings.jwks_max_age_s)
+        return JwksVerifier(keys, algorithms=settings.algorithms, issuer=settings.jwt_issuer,
+                            audience=settings.jwt_audience)
+    assert settings.jwt_secret is not None  # the settings refuse to exist without one of the two
+    return JwtVerifier(settings.jwt_secret.get_secret_value(), issuer=settings.jwt_issuer,
+                       audience=settings.jwt_audience)
+
+
+async def authenticate(verifier: TokenVerifier, authorization: str | None) -> Principal:
+    """The principal of an `Authorization` header, or `Unauthorized` saying why not."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token")
+    return await verifier.authenticate(token.strip())
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -25,11 +58,14 @@ async def current_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """FastAPI dependency: 401 without a valid bearer token."""
+    checked = getattr(request.state, PRINCIPAL_STATE, None)
+    if isinstance(checked, Principal):
+        return checked  # the door verified this request's token already
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("missing bearer token")
-    verifier: JwtVerifier = request.app.state.jwt
+    verifier: TokenVerifier = request.app.state.jwt
     try:
-        return verifier.verify(credentials.credentials)
+        return await verifier.authenticate(credentials.credentials)
     except Unauthorized as exc:
         raise _unauthorized(str(exc)) from exc
 

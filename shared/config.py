@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import registry
 from shared.messaging.permissions import ANY, broker_user
+from shared.tokens import JWKS_ALGORITHMS
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", "dev", "test"}
 
@@ -32,7 +34,16 @@ class ServiceSettings(BaseSettings):
         pattern=r"^[a-z][a-z0-9_.-]*$",
         description="prefix of exchanges and queues; tests use their own to stay isolated",
     )
-    jwt_secret: SecretStr = Field(min_length=32)
+    # Exactly one of the two: the secret in development, the identity provider's keys in production.
+    jwt_secret: SecretStr | None = Field(default=None, min_length=32,
+                                         description="development: HS256 tokens signed with it")
+    jwks_url: str | None = Field(default=None,
+                                 description="production: RS256/ES256 tokens checked against it")
+    jwt_algorithms: str = Field(default="RS256,ES256",
+                                description="with a JWKS: the accepted algorithms, comma-separated")
+    jwks_min_refresh_s: float = Field(default=30.0, ge=0,
+                                      description="fewest seconds between two JWKS fetches")
+    jwks_max_age_s: float = Field(default=300.0, gt=0, description="refetch keys this old")
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     http_host: str = "127.0.0.1"
@@ -69,10 +80,56 @@ class ServiceSettings(BaseSettings):
 
     @field_validator("jwt_secret")
     @classmethod
-    def _not_a_placeholder(cls, value: SecretStr) -> SecretStr:
-        if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+    def _not_a_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("SPINE_JWT_SECRET is a placeholder; generate one (make env)")
         return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _fetchable(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        # Keys fetched in the clear could be swapped on the way; only the loopback is exempt.
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ValueError("SPINE_JWKS_URL must be an https:// URL (http:// only on loopback)")
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric(cls, value: str) -> str:
+        names = [a.strip() for a in value.split(",") if a.strip()]
+        refused = sorted(set(names) - JWKS_ALGORITHMS)
+        if not names or refused:
+            raise ValueError(f"SPINE_JWT_ALGORITHMS must name asymmetric algorithms "
+                             f"({', '.join(sorted(JWKS_ALGORITHMS))}); refused: {refused}")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _one_auth_mode(self) -> ServiceSettings:
+        self.check_auth_mode()
+        return self
+
+    def check_auth_mode(self) -> None:
+        """A service checks tokens one way: the development secret or the JWKS, never both."""
+        if self.jwt_secret is None and self.jwks_url is None:
+            raise ValueError("set SPINE_JWT_SECRET (development; `make env` writes one) "
+                             "or SPINE_JWKS_URL (production)")
+        if self.jwt_secret is not None and self.jwks_url is not None:
+            raise ValueError("set SPINE_JWT_SECRET (development) or SPINE_JWKS_URL "
+                             "(production), not both")
+        # A provider's keys sign tokens for every application it serves: without an audience,
+        # a token issued for some other application would be accepted here.
+        if self.jwks_url is not None and not self.jwt_audience:
+            raise ValueError("with SPINE_JWKS_URL, set SPINE_JWT_AUDIENCE (the audience the "
+                             "identity provider issues Spine's tokens for)")
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The algorithms tokens may use in JWKS mode."""
+        return tuple(self.jwt_algorithms.split(","))
 
     @property
     def database_name(self) -> str:

@@ -15,7 +15,7 @@ from faststream.rabbit import RabbitBroker
 from faststream.specification import AsyncAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.auth import JwtVerifier
+from shared.auth import make_verifier
 from shared.config import ServiceSettings
 from shared.contracts.envelope import Envelope
 from shared.db.engine import make_engine
@@ -26,6 +26,7 @@ from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology, consumer_queues
 from shared.telemetry import setup_logging, setup_tracing
 from shared.web.body_limit import BodyLimit
+from shared.web.permissions import Door, Permissions, documented_routes
 
 log = logging.getLogger("spine.runtime")
 
@@ -96,25 +97,26 @@ class Runtime:
             await self.engine.dispose()
             log.info("%s stopped cleanly", self.name)
 
-    def app(self, *, routers: list[Any], uow: Any,
+    def app(self, *, routers: list[Any], uow: Any, permissions: Permissions,
             published: Mapping[str, type[Any]] | None = None,
             body_limits: Mapping[str, int] | None = None) -> FastAPI:
         """The service's FastAPI app: its routes, ops routes, problem responses, AsyncAPI document.
 
-        `uow` is what the routes' `unit_of_work` dependency hands out; `published` lists the
-        events the service's outbox sends, for the AsyncAPI document; `body_limits` the paths
-        that accept a larger body than `max_body_bytes` (in bytes).
+        `uow` is what the routes' `unit_of_work` dependency hands out; `permissions` is the
+        service's matrix, enforced before any route runs (an app serving a route the matrix
+        does not name is refused here); `published` lists the events the service's outbox
+        sends, for the AsyncAPI document; `body_limits` the paths that accept a larger body
+        than `max_body_bytes` (in bytes).
         """
         if published:
             self.document_events(published)
         app = FastAPI(title=f"Spine {self.name}", lifespan=self.lifespan, version="1.0.0")
         app.state.uow = uow
-        app.state.jwt = JwtVerifier(
-            self.settings.jwt_secret.get_secret_value(),
-            issuer=self.settings.jwt_issuer,
-            audience=self.settings.jwt_audience,
-        )
+        app.state.jwt = verifier = make_verifier(self.settings)
         app.state.runtime = self
+        service_routes = [route for router in routers for route in router.routes]
+        # Added first, so it sits inside the metrics middleware: refusals are counted too.
+        app.add_middleware(Door, routes=service_routes, permissions=permissions, verifier=verifier)
         # Added before the metrics middleware, so that wraps it and counts its 413s too.
         app.add_middleware(BodyLimit, default=self.settings.max_body_bytes, routes=body_limits)
         install_error_handlers(app, self.name)
@@ -128,6 +130,7 @@ class Runtime:
         async def asyncapi() -> Any:
             return spec.to_specification().to_jsonable()
 
+        permissions.check_covers(service_routes, documented_routes(app.openapi()))
         return app
 
     @classmethod

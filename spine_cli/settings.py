@@ -30,19 +30,25 @@ class CliSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_ignore_empty=True)
 
-    jwt_secret: SecretStr | None = None  # type: ignore[assignment]
+    jwt_secret: SecretStr | None = None  # no min_length: `secret()` says what is wrong
     dispatch_url: str = f"http://127.0.0.1:{registry.DISPATCH.http_port}"
 
     @field_validator("jwt_secret")
     @classmethod
-    def _not_a_placeholder(  # type: ignore[override]
+    def _not_a_placeholder(
         cls, value: SecretStr | None
     ) -> SecretStr | None:
         # Overrides the services' check by name: `secret()` checks it for the commands that need it.
         return value
 
+    def check_auth_mode(self) -> None:
+        """Most commands need no token at all: those that mint one check in `secret()`."""
+
     def secret(self, *, strict: bool = True) -> str:
         """The JWT secret; a one-line error when it is missing (or, if `strict`, one the services refuse)."""
+        if self.jwks_url is not None:
+            raise CliError("SPINE_JWKS_URL is set: tokens come from the identity provider, and "
+                           "development tokens (SPINE_JWT_SECRET) would be refused")
         if self.jwt_secret is None:
             raise CliError(NO_SECRET)
         secret = self.jwt_secret.get_secret_value()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.dispatch import api, publishers, subscribers
+from services.dispatch import api, permissions, publishers, subscribers
 from services.dispatch.config import Settings
 from services.dispatch.unit_of_work import NAME, sql_unit_of_work
 from shared.runtime import Runtime
@@ -15,7 +15,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     runtime = Runtime.build(NAME, settings or Settings())
     uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow)
-    return runtime, runtime.app(routers=[api.router], uow=uow, published=publishers.PUBLISHED)
+    return runtime, runtime.app(routers=[api.router], uow=uow, permissions=permissions.PERMISSIONS,
+                                published=publishers.PUBLISHED)
 
 
 def main() -> None:

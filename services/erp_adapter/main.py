@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.erp_adapter import api, publishers
+from services.erp_adapter import api, permissions, publishers
 from services.erp_adapter.config import NAME, Settings
 from services.erp_adapter.unit_of_work import sql_unit_of_work
 from shared.runtime import Runtime
@@ -22,8 +22,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     uow = sql_unit_of_work(runtime.engine)
     # The upload's multipart framing and form fields come on top of the file itself.
     upload_limit = config.import_max_bytes + api.UPLOAD_OVERHEAD_BYTES
-    return runtime, runtime.app(routers=[api.router], uow=uow, published=publishers.PUBLISHED,
-                                body_limits={"/imports": upload_limit})
+    return runtime, runtime.app(routers=[api.router], uow=uow, permissions=permissions.PERMISSIONS,
+                                published=publishers.PUBLISHED, body_limits={"/imports": upload_limit})
 
 
 def main() -> None:

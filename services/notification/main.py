@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.notification import api, subscribers
+from services.notification import api, permissions, subscribers
 from services.notification.config import Settings
 from services.notification.unit_of_work import NAME, sql_unit_of_work
 from shared.runtime import Runtime
@@ -15,7 +15,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     runtime = Runtime.build(NAME, settings or Settings())
     uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow)
-    return runtime, runtime.app(routers=[api.router], uow=uow)
+    return runtime, runtime.app(routers=[api.router], uow=uow, permissions=permissions.PERMISSIONS)
 
 
 def main() -> None:

@@ -289,3 +289,18 @@ def test_help_imports_none_of_the_heavy_libraries_so_it_answers_at_once() -> Non
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_token_refuses_when_a_jwks_is_configured_as_the_services_would_refuse_its_tokens(
+    spine: Spine,
+) -> None:
+    result = spine("token", "--role", "ops", env={"SPINE_JWKS_URL": "https://idp.example/jwks"})
+    assert_one_line_error(result, 1, "SPINE_JWKS_URL is set", "identity provider")
+
+
+def test_dispatch_move_refuses_to_mint_a_development_token_when_a_jwks_is_configured(
+    spine: Spine,
+) -> None:
+    result = spine("dispatch", "move", "d-1", "released", "--as", "planner",
+                   env={"SPINE_JWKS_URL": "https://idp.example/jwks"})
+    assert_one_line_error(result, 1, "SPINE_JWKS_URL is set")

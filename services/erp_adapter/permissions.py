@@ -1,0 +1,16 @@
+"""Who may call each erp_adapter route."""
+
+from __future__ import annotations
+
+from shared.web.permissions import Permissions
+
+# Only the integration role feeds master data in; ops may also read what crossed the boundary.
+IMPORTERS = frozenset({"integration"})
+BOUNDARY_READERS = frozenset({"integration", "ops"})
+
+PERMISSIONS = Permissions("erp_adapter", {
+    ("POST", "/imports"): IMPORTERS,
+    ("GET", "/imports"): BOUNDARY_READERS,
+    ("GET", "/imports/{run_id}"): BOUNDARY_READERS,
+    ("GET", "/integration-log"): BOUNDARY_READERS,
+})

@@ -1,0 +1,10 @@
+"""Who may call each notification route."""
+
+from __future__ import annotations
+
+from shared.web.permissions import Permissions
+
+# Observed events cross every service and journey: for ops and supervisors, not every reader.
+PERMISSIONS = Permissions("notification", {
+    ("GET", "/events"): frozenset({"ops", "supervisor"}),
+})
