@@ -34,6 +34,7 @@ from shared import registry
 from shared.contracts.envelope import Actor, new_envelope
 from shared.db.engine import make_engine
 from shared.db.migrate import drop_database, ensure_database
+from shared.messaging.permissions import broker_user
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology
 from shared.stack import IsolatedStack
@@ -112,6 +113,8 @@ class Publisher:
             json.dumps(envelope).encode(), message_id=envelope["event_id"],
             correlation_id=envelope["correlation_id"], content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            # The broker vouches for the sender; the consumers refuse a message without it.
+            user_id=broker_user(self.amqp_url),
         )
 
 
