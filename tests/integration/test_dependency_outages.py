@@ -103,7 +103,7 @@ async def new_service(
                            "SPINE_DB_PREFIX": unique, "SPINE_NAMESPACE": unique,
                            "SPINE_JWT_SECRET": secrets.token_hex(32)}.items():
             monkeypatch.setenv(key, value)
-        settings = Settings()  # type: ignore[call-arg]
+        settings = Settings()
         await ensure_database(servers.pg_url, settings.database_name)
         direct = settings.database_url.replace(pg_url.rstrip("/"), servers.pg_url.rstrip("/"))
         await asyncio.to_thread(upgrade, "notification", direct)
