@@ -15,6 +15,7 @@ from faststream.rabbit import RabbitBroker
 from faststream.specification import AsyncAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import crashpoints
 from shared.auth import make_verifier
 from shared.config import ServiceSettings
 from shared.contracts.envelope import Envelope
@@ -47,6 +48,7 @@ class Runtime:
     def build(cls, name: str, settings: ServiceSettings) -> Runtime:
         setup_logging(name, settings.log_level)
         setup_tracing(name)
+        crashpoints.arm(settings.crash_points, settings.crash_after)
         topology = Topology(settings.namespace, settings.delivery_limit,
                             declare=settings.declare_topology)
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, service=name)

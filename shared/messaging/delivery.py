@@ -17,6 +17,7 @@ from faststream.exceptions import SubscriberNotFound
 from faststream.rabbit import RabbitQueue
 from pydantic import ValidationError
 
+from shared import crashpoints
 from shared.messaging.topology import (
     DEAD_LETTERED_AT_HEADER,
     ERROR_HEADER,
@@ -101,6 +102,7 @@ class _Delivery(BaseMiddleware):
     ) -> bool:
         raw: aio_pika.abc.AbstractIncomingMessage = self.msg  # type: ignore[assignment]
         if exc_val is None or isinstance(exc_val, Duplicate):
+            crashpoints.reached("after-commit-before-ack")
             if not raw.processed:
                 await raw.ack()
             return True

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -20,7 +22,7 @@ from shared.messaging.permissions import broker_user
 from shared.stack import ROOT, IsolatedStack, StackError
 from tests.conftest import Servers
 
-__all__ = ["ROOT", "Stack"]
+__all__ = ["ROOT", "Stack", "running_stack"]
 
 
 @dataclass
@@ -84,14 +86,15 @@ class Stack(IsolatedStack):
         )
 
 
-@pytest.fixture(scope="session")
-async def stack(
-    servers: Servers, session_namespace: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    """Migrate four fresh databases, start the four services, load the sample ERP export."""
+@contextlib.asynccontextmanager
+async def running_stack(servers: Servers, namespace: str, log_dir: Path) -> AsyncIterator[Stack]:
+    """Migrate four fresh databases, start the four services, load the sample ERP export.
+
+    On the way out every service must stop by itself, cleanly, without a traceback.
+    """
     stack = Stack(
-        namespace=session_namespace, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
-        log_dir=tmp_path_factory.mktemp("service-logs"), secret=os.environ["SPINE_JWT_SECRET"],
+        namespace=namespace, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
+        log_dir=log_dir, secret=os.environ["SPINE_JWT_SECRET"],
     )
     problems: list[str] = []
     try:
@@ -109,12 +112,21 @@ async def stack(
         await _load_reference_data(stack)
         yield stack
     finally:
-        # Every service must stop by itself, cleanly, without a traceback.
         problems = await stack.stop()
         if stack.connection is not None:
             await stack.connection.close()
         await stack.cleanup()
     assert not problems, f"{problems}\n{stack.log_text()}"
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    servers: Servers, session_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """The four services on fresh databases, with the sample ERP export loaded, for the session."""
+    async with running_stack(servers, session_namespace,
+                             tmp_path_factory.mktemp("service-logs")) as running:
+        yield running
 
 
 async def _load_reference_data(stack: Stack) -> None:
