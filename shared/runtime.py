@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -152,4 +154,12 @@ class Runtime:
             access_log=False,
             timeout_graceful_shutdown=20,
         )
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+
+        def exit_code(_signum: int, _frame: FrameType | None) -> None:
+            # uvicorn re-raises the SIGTERM it shut down on, which would make a clean stop look
+            # like a kill (-15, 143 in a shell) to the supervisor; a stop cut short stays 143.
+            raise SystemExit(128 + signal.SIGTERM if server.force_exit else 0)
+
+        signal.signal(signal.SIGTERM, exit_code)
+        server.run()

@@ -20,7 +20,7 @@ from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
 from shared.messaging.permissions import broker_user
 from shared.stack import ROOT, IsolatedStack, StackError
-from tests.conftest import Servers
+from tests.conftest import Servers, unique_name
 
 __all__ = ["ROOT", "Stack", "running_stack"]
 
@@ -126,6 +126,14 @@ async def stack(
     """The four services on fresh databases, with the sample ERP export loaded, for the session."""
     async with running_stack(servers, session_namespace,
                              tmp_path_factory.mktemp("service-logs")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def module_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory
+                       ) -> AsyncIterator[Stack]:
+    """A stack for one test module alone, for tests that read whole databases and every queue."""
+    async with running_stack(servers, unique_name(), tmp_path_factory.mktemp("stack-logs")) as running:
         yield running
 
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -24,22 +23,13 @@ import pytest
 
 from shared.contracts.envelope import Actor, new_envelope
 from shared.crashpoints import CrashPoint
-from tests.conftest import Servers, unique_name
-from tests.e2e.conftest import ROOT, Stack, running_stack
+from tests.e2e.conftest import ROOT, Stack
 from tests.e2e.effects import Journey, assert_nothing_left_over, settled
 from tests.e2e.test_order_to_shipped import sample_order
 
 RECEIVED = [("order.received", None, "received"), ("order.confirmed", "received", "confirmed")]
 CREATED = [("dispatch.created", None, "pending")]
 JOURNEY_EVENTS = Counter({"order.received": 1, "order.confirmed": 1, "dispatch.created": 1})
-
-
-@pytest.fixture(scope="module")
-async def crash_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory
-                      ) -> AsyncIterator[Stack]:
-    """A stack of its own: the checks read whole databases and every dead-letter queue."""
-    async with running_stack(servers, unique_name(), tmp_path_factory.mktemp("crash-logs")) as stack:
-        yield stack
 
 
 async def arm(stack: Stack, service: str, point: CrashPoint) -> None:
@@ -90,9 +80,9 @@ async def inbox_rows(stack: Stack, service: str, message_id: str) -> int:
 
 
 async def test_an_http_transition_committed_but_not_yet_published_is_published_once_after_a_crash(
-    crash_stack: Stack,
+    module_stack: Stack,
 ) -> None:
-    stack = crash_stack
+    stack = module_stack
     correlation_id, _ = await submit(stack, f"MES-{uuid.uuid4().hex[:8]}")
     found = await settled(stack, correlation_id, JOURNEY_EVENTS)
     dispatch_id = str(found.dispatches[0]["id"])
@@ -118,9 +108,9 @@ async def test_an_http_transition_committed_but_not_yet_published_is_published_o
 
 
 async def test_events_published_but_not_marked_sent_are_published_again_and_take_effect_once(
-    crash_stack: Stack,
+    module_stack: Stack,
 ) -> None:
-    stack = crash_stack
+    stack = module_stack
     await arm(stack, "order", "after-publish-before-mark")
     ref = f"MES-{uuid.uuid4().hex[:8]}"
     correlation_id, _ = await submit(stack, ref)
@@ -137,9 +127,9 @@ async def test_events_published_but_not_marked_sent_are_published_again_and_take
 
 
 async def test_a_message_handled_but_not_yet_acked_is_redelivered_and_takes_effect_once(
-    crash_stack: Stack,
+    module_stack: Stack,
 ) -> None:
-    stack = crash_stack
+    stack = module_stack
     await arm(stack, "order", "after-commit-before-ack")
     correlation_id, submission_id = await submit(stack, f"MES-{uuid.uuid4().hex[:8]}")
     await dies_at(stack, "order", "after-commit-before-ack")
