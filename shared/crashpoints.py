@@ -74,6 +74,11 @@ def arm(points: Iterable[CrashPoint], after: int = 1) -> None:
                     ", ".join(_armed), after)
 
 
+def armed() -> dict[str, int]:
+    """Armed point → passes still to go before the kill (empty when disarmed)."""
+    return dict(_armed)
+
+
 def reached(point: CrashPoint) -> None:
     """Call site of a crash point: SIGKILLs this process when it is armed and due."""
     if _armed and point in _armed:
