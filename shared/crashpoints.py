@@ -20,8 +20,8 @@ function call and one falsy check. The points, and where each is reached:
     batch of outbox rows, which are not marked sent yet. After restart the relay publishes them
     again, and every consumer's inbox must make the second copy a no-op.
 `after-commit-before-ack`
-    `shared/messaging/delivery.py`: a consumer's handler returned (its unit of work committed)
-    and the delivery is not acked yet. After restart the broker redelivers it, and the inbox
+    `shared/messaging/delivery.py`: a consumer's handler returned (its unit of work committed,
+    or it found the message in its inbox already) and the delivery is not acked yet. After restart the broker redelivers it, and the inbox
     must make the redelivery a no-op.
 `after-outbound-before-record`
     After an outbound call to a third party (mail, webhook, ERP) and before the call is

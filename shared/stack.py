@@ -81,7 +81,7 @@ async def _wait_stopped(name: str, proc: subprocess.Popen[bytes], grace_s: float
         proc.kill()
         code = await asyncio.to_thread(proc.wait)
         return code, f"{name} did not stop within {grace_s:.0f} s of SIGTERM (killed)"
-    # uvicorn re-raises SIGTERM after its clean shutdown, so -SIGTERM is a normal stop.
+    # A clean stop exits 0 (shared/runtime.py); -SIGTERM is a SIGTERM that came before serving began.
     if code not in (0, -signal.SIGTERM):
         return code, f"{name} exited with {code}"
     return code, None
