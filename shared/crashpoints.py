@@ -21,8 +21,8 @@ function call and one falsy check. The points, and where each is reached:
     again, and every consumer's inbox must make the second copy a no-op.
 `after-commit-before-ack`
     `shared/messaging/delivery.py`: a consumer's handler returned (its unit of work committed,
-    or it found the message in its inbox already) and the delivery is not acked yet. After restart the broker redelivers it, and the inbox
-    must make the redelivery a no-op.
+    or it found the message in its inbox already) and the delivery is not acked yet. After
+    restart the broker redelivers it, and the inbox must make the redelivery a no-op.
 `after-outbound-before-record`
     After an outbound call to a third party (mail, webhook, ERP) and before the call is
     recorded. No service makes such calls yet (issues 9 and 10 add notification channels and
