@@ -27,8 +27,9 @@ from tests.e2e.conftest import ROOT, Stack
 from tests.e2e.effects import Journey, assert_nothing_left_over, settled
 from tests.e2e.test_order_to_shipped import sample_order
 
-RECEIVED = [("order.received", None, "received"), ("order.confirmed", "received", "confirmed")]
-CREATED = [("dispatch.created", None, "pending")]
+Move = tuple[str, str | None, str | None]  # audit action, from state, to state
+RECEIVED: list[Move] = [("order.received", None, "received"), ("order.confirmed", "received", "confirmed")]
+CREATED: list[Move] = [("dispatch.created", None, "pending")]
 JOURNEY_EVENTS = Counter({"order.received": 1, "order.confirmed": 1, "dispatch.created": 1})
 
 
@@ -57,8 +58,7 @@ async def submit(stack: Stack, ref: str) -> tuple[str, str]:
     return str(envelope["correlation_id"]), str(envelope["event_id"])
 
 
-def assert_one_journey(found: Journey, *, dispatch_audit: list[tuple[str, str | None, str | None]],
-                       events: Counter[str]) -> None:
+def assert_one_journey(found: Journey, *, dispatch_audit: list[Move], events: Counter[str]) -> None:
     """One order, one dispatch, each audit row and event once, each inbox row once."""
     assert [o["status"] for o in found.orders] == ["confirmed"], found
     assert found.order_audit == RECEIVED
