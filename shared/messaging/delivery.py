@@ -44,6 +44,7 @@ from opentelemetry import trace
 from prometheus_client import Gauge
 from pydantic import ValidationError
 
+from shared import crashpoints
 from shared.contracts.envelope import CONTRACT_VERSION
 from shared.messaging.provenance import Senders, producer_refusal
 from shared.messaging.topology import (
@@ -243,6 +244,8 @@ class _Delivery(BaseMiddleware):
         except Exception as exc:  # permanent, or retried to the limit: dead-letter it
             await self.refuse(raw, exc)
             return None
+        # Handled (or found in the inbox: handled before), and not yet acked.
+        crashpoints.reached("after-commit-before-ack")
         await _settle(raw)
         return None
 

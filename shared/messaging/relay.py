@@ -13,6 +13,7 @@ import asyncpg
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import crashpoints
 from shared.db.engine import asyncpg_dsn
 from shared.db.plumbing import OUTBOX_CHANNEL
 from shared.db.transaction import transaction
@@ -144,6 +145,7 @@ class OutboxRelay:
             results = await asyncio.gather(
                 *(self._publish(row, exchange) for row in rows), return_exceptions=True
             )
+            crashpoints.reached("after-publish-before-mark")
             ok = [row["id"] for row, res in zip(rows, results, strict=True)
                   if not isinstance(res, BaseException)]
             failed = [(row, res) for row, res in zip(rows, results, strict=True)
