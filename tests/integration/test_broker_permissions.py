@@ -217,6 +217,30 @@ async def test_services_run_without_configure_rights_and_take_their_own_users_ev
     assert dispatch.order_id == "o-1"
 
 
+async def test_an_event_nobody_binds_is_kept_in_the_unrouted_queue_under_a_services_own_rights(
+    restricted: Restricted,
+) -> None:
+    # order.received has no consumer in Spine: without the alternate exchange, `mandatory`
+    # would return it and it would wait in the order service's outbox for ever.
+    body = new_envelope(type="order.received", producer="order", data={"order_id": "o-1"},
+                        actor=Actor(id="order", role="system"))
+    conn = await restricted.connect("order")
+    try:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange("spine.events", ensure=False)
+        await exchange.publish(message(body, f"{restricted.prefix}order"),
+                               routing_key="order.received", mandatory=True, timeout=10)
+    finally:
+        await conn.close()
+    ops = await restricted.connect(OPS_USER)
+    try:
+        kept = await (await ops.channel()).declare_queue("spine.unrouted", passive=True)
+        got = await wait_for_one(kept)
+    finally:
+        await ops.close()
+    assert (got.message_id, got.routing_key) == (body["event_id"], "order.received")
+
+
 # ---------------------------------------------- open permissions: the consumers' check alone
 
 
