@@ -3,7 +3,9 @@
 Reading: a dead letter is fetched unacked (`basic.get`) on a channel of its own, which is then
 closed without an ack or a nack: the broker returns every message it handed out, in their
 order, and nothing is taken. (A `nack(requeue=True)` per message would also return it, but one
-at a time while the scan goes on, so a long scan would meet its own returns again.) Each read
+at a time while the scan goes on, so a long scan would meet its own returns again.) The queue
+takes them back a moment after the channel's close is confirmed, so a read waits (up to
+SETTLE_S) until the queue holds them again: the next operation sees them all. Each read
 counts as a delivery for the quorum queue (`x-delivery-count` grows); a dead-letter queue has
 no delivery limit, so that is all it does. Two people reading one DLQ at once each see only
 what the other is not holding.
@@ -25,8 +27,10 @@ aio-pika only (and the header names): the CLI imports this without FastStream's 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +48,7 @@ ROUTING_KEY_HEADER = "x-spine-routing-key"
 DEAD_LETTERED_AT_HEADER = "x-spine-dead-lettered-at"
 UNKNOWN = "?"
 PREVIEW_CHARS = 100
+SETTLE_S = 3.0
 
 
 class QueueMissing(LookupError):
@@ -166,6 +171,20 @@ async def _declared(conn: AbstractConnection, name: str) -> AbstractQueue:
         raise QueueMissing(f"queue {name} does not exist") from exc
 
 
+async def _settled(conn: AbstractConnection, dlq: str, held: int, before: int) -> None:
+    """After closing a channel that held `held` of the `before` waiting: until they are back."""
+    if held == 0:
+        return
+    deadline = time.monotonic() + SETTLE_S
+    # At least as many as before: others may add meanwhile, and someone purging or replaying at
+    # the same time is why this gives up after SETTLE_S rather than wait for ever. (Polled: the
+    # broker sends no event when a queue takes messages back.)
+    while time.monotonic() < deadline:
+        if await count(conn, dlq) >= before:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def count(conn: AbstractConnection, dlq: str) -> int:
     """How many dead letters wait in `dlq` (not counting any someone holds right now)."""
     queue = await _declared(conn, dlq)
@@ -178,32 +197,38 @@ async def count(conn: AbstractConnection, dlq: str) -> int:
 async def peek(conn: AbstractConnection, dlq: str, limit: int) -> tuple[int, list[DeadLetter]]:
     """The number waiting in `dlq` and the first `limit` of them; nothing is taken."""
     queue = await _declared(conn, dlq)
+    waiting = int(queue.declaration_result.message_count or 0)
+    letters: list[DeadLetter] = []
     try:
-        waiting = int(queue.declaration_result.message_count or 0)
-        letters = []
         for _ in range(min(waiting, limit)):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
             letters.append(DeadLetter.of(message, dlq))
-        return waiting, letters
     finally:
         await queue.channel.close()  # unacked: every message returns to the queue
+    await _settled(conn, dlq, len(letters), waiting)
+    return waiting, letters
 
 
 async def find(conn: AbstractConnection, dlq: str, message_id: str) -> DeadLetter | None:
     """The dead letter with this `message_id` (the first, if there are copies); nothing is taken."""
     queue = await _declared(conn, dlq)
+    waiting = int(queue.declaration_result.message_count or 0)
+    found, held = None, 0
     try:
-        for _ in range(int(queue.declaration_result.message_count or 0)):
+        for _ in range(waiting):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
+            held += 1
             if message.message_id == message_id:
-                return DeadLetter.of(message, dlq)
-        return None
+                found = DeadLetter.of(message, dlq)
+                break
     finally:
         await queue.channel.close()
+    await _settled(conn, dlq, held, waiting)
+    return found
 
 
 @dataclass
@@ -227,12 +252,14 @@ async def replay(conn: AbstractConnection, dlq: str, *, user_id: str,
     # not confirm (or returns: its queue is gone) leaves its dead letter unacked, so it stays.
     channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
     result = Replayed()
+    waiting = 0
     try:
         try:
             queue = await channel.declare_queue(dlq, passive=True)
         except aio_pika.exceptions.ChannelNotFoundEntity as exc:
             raise QueueMissing(f"queue {dlq} does not exist") from exc
-        for _ in range(int(queue.declaration_result.message_count or 0)):
+        waiting = int(queue.declaration_result.message_count or 0)
+        for _ in range(waiting):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
@@ -255,10 +282,13 @@ async def replay(conn: AbstractConnection, dlq: str, *, user_id: str,
                                     f"{letter.original_queue}: {exc}") from exc
             await message.ack()
             result.replayed.append(letter.message_id)
-        return result
     finally:
         with contextlib.suppress(Exception):  # already closed by the broker after a refusal
             await channel.close()
+        kept = result.seen - len(result.replayed)
+        with contextlib.suppress(Exception):
+            await _settled(conn, dlq, kept, waiting - len(result.replayed))
+    return result
 
 
 def _copy(message: AbstractIncomingMessage, letter: DeadLetter, user_id: str) -> aio_pika.Message:

@@ -29,6 +29,7 @@ from services.notification.main import build
 from shared.contracts.envelope import Actor, new_envelope
 from shared.db.engine import asyncpg_dsn
 from shared.db.migrate import upgrade
+from shared.messaging import dead_letters
 from shared.messaging.permissions import broker_user
 from shared.messaging.topology import (
     ERROR_HEADER,
@@ -321,3 +322,30 @@ async def test_ops_purges_a_dead_letter_queue_over_http_only_when_confirmed_by_n
     assert purged.status_code == 200, purged.text
     assert purged.json() == {"queue": notification.queue, "purged": 2}
     assert await notification.waiting(notification.dlq) == 0
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+async def test_reading_a_dead_letter_queue_again_at_once_sees_every_message_in_its_order(
+    servers: Servers, namespace: str, rabbit_janitor: RabbitJanitor,
+) -> None:
+    # The queue takes a closed channel's messages back a moment after the close is confirmed:
+    # a read that did not wait for that would leave the next one an empty-looking queue.
+    name = rabbit_janitor.queue(f"{namespace}.reading.dlq")
+    connection = await aio_pika.connect(servers.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        for n in range(3):
+            await channel.default_exchange.publish(
+                aio_pika.Message(f"m-{n}".encode(), message_id=f"m-{n}"), routing_key=name)
+        for _ in range(8):
+            waiting, letters = await dead_letters.peek(connection, name, 10)
+            assert (waiting, [letter.message_id for letter in letters]) == (
+                3, ["m-0", "m-1", "m-2"])
+        found = await dead_letters.find(connection, name, "m-1")
+        assert found is not None and found.body == b"m-1"
+        assert await dead_letters.count(connection, name) == 3
+    finally:
+        await connection.close()
