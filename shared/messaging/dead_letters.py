@@ -267,6 +267,12 @@ async def replay(conn: AbstractConnection, dlq: str, *, user_id: str,
             if message_id is not None and message.message_id != message_id:
                 continue  # unacked: it returns to the DLQ when the channel closes
             letter = DeadLetter.of(message, dlq)
+            if letter.original_queue != dlq.removesuffix(".dlq"):
+                # Only the delivery policy names a queue, and always this DLQ's own: a copy
+                # naming another was put here by hand, and is not sent on into someone else's.
+                result.refused.append(f"{letter.message_id}: it names another queue, "
+                                      f"{letter.original_queue}")
+                continue
             try:
                 await channel.default_exchange.publish(
                     _copy(message, letter, user_id), routing_key=letter.original_queue,

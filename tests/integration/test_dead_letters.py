@@ -349,3 +349,24 @@ async def test_reading_a_dead_letter_queue_again_at_once_sees_every_message_in_i
         assert await dead_letters.count(connection, name) == 3
     finally:
         await connection.close()
+
+
+async def test_a_dead_letter_that_names_another_queue_is_not_replayed_into_it(
+    notification: Notification,
+) -> None:
+    # Only the delivery policy names the queue, always the DLQ's own; this one was put by hand.
+    order_queue = Topology(notification.namespace).queue_name("order", "order-submitted")
+    await notification.channel.default_exchange.publish(
+        aio_pika.Message(b"{}", message_id="m-elsewhere", headers={
+            ERROR_HEADER: "ContractViolation: x", QUEUE_HEADER: order_queue,
+            ROUTING_KEY_HEADER: "ext.mes.order.submitted"}),
+        routing_key=notification.dlq)
+
+    replayed = await notification.http.post(f"/dead-letters/{notification.queue}/replay",
+                                            headers=OPS, json={"all": True})
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["replayed"] == []
+    assert replayed.json()["not_replayed"] == [
+        f"m-elsewhere: it names another queue, {order_queue}"]
+    assert await notification.waiting(notification.dlq) == 1
+    assert await notification.waiting(order_queue) == 0
