@@ -75,6 +75,12 @@ class ServiceSettings(BaseSettings):
         description="JSON: broker user → the service or outside system it publishes for ('*': "
         "any, like an ops user); unset, the service's own login is everyone's (development)",
     )
+    dead_letter_amqp_url: str | None = Field(
+        default=None,
+        description="the broker login the /dead-letters routes use (spine-ops's in production, "
+        "whose replays consumers accept); unset, the service's own, which in production may "
+        "read and purge its dead letters but not replay them",
+    )
     log_level: str = "INFO"
     # Test only: SIGKILL this process at named points (shared/crashpoints.py).
     crash_at: str | None = Field(default=None, description="TEST ONLY: crash points, comma-separated")

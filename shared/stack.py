@@ -275,7 +275,7 @@ class IsolatedStack:
         if any(p.poll() is None for p in self.procs.values()):
             failures += await self.stop()
         failures += await delete_broker_objects(
-            self.amqp_url, self.queues, [self.exchange, f"{self.namespace}.dlx"])
+            self.amqp_url, self.queues, namespace_objects(self.namespace)[1])
         for name in self.databases:
             try:
                 await drop_database(self.pg_url, name)
