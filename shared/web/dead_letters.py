@@ -168,7 +168,7 @@ def dead_letters_router(service: str) -> APIRouter:
                  summary="Put one dead letter, or all, back into the queue through its inbox",
                  description="A copy keeps its message_id, so one whose effect was committed "
                  "already is a duplicate to the consumer's inbox and has no second effect.",
-                 responses=responses(401, 403, 404, 422, 503))
+                 responses=responses(400, 401, 403, 404, 422, 503))
     async def replay_dead_letters(
         request: Request, _: OpsDep, queue: QueueName, body: ReplayIn,
     ) -> dict[str, Any]:

@@ -134,6 +134,10 @@ def bad_cases(run: str) -> list[Case]:
     add("key-names-no-valid-system", None, routing_key="ext.Not A System!.order.submitted",
         envelope={"type": "ext.Not A System!.order.submitted", "producer": "Not A System!"},
         reason="names no valid outside system", answered=False)
+    # A type no consumer binds goes to the alternate exchange's kept queue, not to nowhere;
+    # nobody reads it, so nobody answers (ops see it in `spine dlq list`).
+    add("unknown-type", None, routing_key="ext.mes.order.amended",
+        envelope={"type": "ext.mes.order.amended"}, dead_letter="unrouted", answered=False)
     # Internal events, forged or broken, on the dispatch service's queue: nobody to answer.
     confirmed = sample_order(f"{run}-forged")
     forged_id = str(uuid.uuid4())
@@ -194,7 +198,8 @@ async def dead_letters(stack: Stack, wanted: dict[str, set[str]],
                 if key not in ids:
                     key = _event_id(message.body)
                 if key in ids:
-                    reasons[key] = str((message.headers or {})[ERROR_HEADER])
+                    # The unrouted queue holds events as published: no reason header there.
+                    reasons[key] = str((message.headers or {}).get(ERROR_HEADER, ""))
                     await message.ack()
     finally:
         await channel.close()
