@@ -33,9 +33,8 @@ from services.dispatch import main as dispatch_main
 from services.erp_adapter import main as erp_main
 from services.notification import main as notification_main
 from services.order import main as order_main
-from shared.db.migrate import upgrade
 from shared.tokens import ROLES, JwtVerifier
-from tests.conftest import DatabaseFactory, RabbitJanitor, Servers
+from tests.conftest import RabbitJanitor, Servers, service_database
 
 pytestmark = pytest.mark.integration
 
@@ -99,14 +98,19 @@ def _operation_test(operation: Any, mode: schemathesis.GenerationMode,
 
 @pytest.mark.parametrize("service", sorted(BUILDERS))
 async def test_every_answer_of_the_service_is_declared_in_its_openapi_document(
-    service: str, servers: Servers, namespace: str, databases: DatabaseFactory,
-    rabbit_janitor: RabbitJanitor, jwt_secret: str,
+    service: str, servers: Servers, namespace: str, rabbit_janitor: RabbitJanitor,
+    jwt_secret: str,
 ) -> None:
+    async with service_database(servers.pg_url, service, namespace) as password:
+        await _fuzz_service(service, servers, namespace, password, rabbit_janitor, jwt_secret)
+
+
+async def _fuzz_service(service: str, servers: Servers, namespace: str, db_password: str,
+                        rabbit_janitor: RabbitJanitor, jwt_secret: str) -> None:
     build = BUILDERS[service]
     settings = importlib.import_module(f"services.{service}.config").Settings(
-        pg_url=servers.pg_url, amqp_url=servers.amqp_url, db_prefix=namespace, namespace=namespace)
-    await databases(settings.database_name.removeprefix(f"{namespace}_"))
-    await asyncio.to_thread(upgrade, service, settings.database_url)
+        pg_url=servers.pg_url, amqp_url=servers.amqp_url, db_prefix=namespace, namespace=namespace,
+        db_password=db_password)
     runtime, app = build(settings)
     rabbit_janitor.subscribers_of(runtime.broker, runtime.topology)
 
