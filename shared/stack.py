@@ -63,7 +63,7 @@ def spawn_service(service: Service, env: Mapping[str, str], log: Path) -> subpro
     # with one SIGTERM (a second signal would make uvicorn skip its graceful shutdown).
     # PR_SET_PDEATHSIG fires when the spawning *thread* ends, so call this from a long-lived one.
     with log.open("wb") as out:
-        return subprocess.Popen(
+        return subprocess.Popen(  # nosec B603 # this Python, a module of the registry, no shell
             [sys.executable, "-m", service.module],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
