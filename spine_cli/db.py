@@ -153,4 +153,5 @@ def _pg(settings: CliSettings, coro: Any) -> Any:
     except asyncpg.InvalidAuthorizationSpecificationError as exc:
         raise CliError(f"PostgreSQL at {redact(settings.pg_url)} refused the login: {exc}") from exc
     except asyncpg.InsufficientPrivilegeError as exc:
-        raise CliError(f"PostgreSQL refused: {exc} (does the SPINE_PG_URL role own it?)") from exc
+        raise CliError(f"PostgreSQL refused: {exc} (SPINE_PG_URL must log in as an administrator "
+                       "that may create roles and databases)") from exc
