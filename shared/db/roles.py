@@ -77,7 +77,7 @@ def scram_verifier(password: str, *, salt: bytes | None = None,
 
 
 async def ensure_database_and_roles(admin_url: str, roles: DatabaseRoles,
-                          runtime_password: str | None = None) -> bool:
+                                    runtime_password: str | None = None) -> bool:
     """The two roles, the database owned by the owner, CONNECT for them only; True if created.
 
     `runtime_password` (re)sets the runtime role's password; without one a new runtime role has
