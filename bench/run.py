@@ -73,7 +73,7 @@ def _forward(signum: int, _frame: Any) -> None:
 def run_child(cmd: Sequence[str], system: str, env: dict[str, str], timeout: float) -> tuple[int, str]:
     """Run one measurement in its own process group; returns (exit code, stdout)."""
     global _current
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,  # nosec B603 # our own command, a list, no shell
                             start_new_session=True)
     _current = (proc, system)
     try:
@@ -218,7 +218,7 @@ def machine_busy(seconds: float = 1.0) -> float:
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,  # nosec B603 B607 # git from PATH, as the developer runs it
                                   timeout=10, check=False).stdout.strip()
         except OSError:
             return ""
@@ -227,7 +227,8 @@ def git_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD"),
             "uncommitted_paths": len(status.splitlines()) if status else 0,
             # Tells two runs on the same commit but different uncommitted edits apart.
-            "diff_sha1": hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else None}
+            "diff_sha1": (hashlib.sha1(diff.encode(), usedforsecurity=False).hexdigest()[:12]
+                          if diff else None)}
 
 
 # ----------------------------------------------------------------------------- main

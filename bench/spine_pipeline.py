@@ -343,7 +343,7 @@ async def pg_stats(stack: Stack) -> dict[str, dict[str, int]]:
     """pg_stat_database counters of each service database (connections, commits, rows)."""
     conn = await asyncpg.connect(f"{stack.pg_url}/postgres")
     try:
-        rows = await conn.fetch(f"SELECT datname, {', '.join(PG_COUNTERS)} FROM pg_stat_database"
+        rows = await conn.fetch(f"SELECT datname, {', '.join(PG_COUNTERS)} FROM pg_stat_database"  # nosec B608 # constant column names
                                 " WHERE datname = ANY($1)", [stack.database(name) for name in SERVICES])
     finally:
         await conn.close()
@@ -365,7 +365,7 @@ def start_py_spy(binary: str, stack: Stack, out_dir: Path, rate: int) -> list[su
     out_dir.mkdir(parents=True, exist_ok=True)
     spies = []
     for name in ("order", "dispatch", "notification"):
-        spies.append(subprocess.Popen(
+        spies.append(subprocess.Popen(  # nosec B603 # py-spy with our own arguments, no shell
             [binary, "record", "--pid", str(stack.procs[name].pid), "--rate", str(rate),
              "--nonblocking", "--threads", "--format", "raw", "--output", str(out_dir / f"{name}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -386,7 +386,7 @@ def stop_py_spy(spies: list[subprocess.Popen[bytes]]) -> None:
 # ----------------------------------------------------------------------------- one run
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any] | None, int]:
     task = asyncio.current_task()
-    assert task is not None
+    assert task is not None  # nosec B101 # narrows a type: run() is always awaited in a task
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     log_dir = Path(args.log_dir)
     stack = Stack.new(pg_url=args.pg_url, amqp_url=args.amqp_url, prefetch=args.prefetch,

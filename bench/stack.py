@@ -24,7 +24,7 @@ import asyncpg
 
 from bench.common import say
 from shared import registry
-from shared.db.migrate import drop_database
+from shared.db.roles import DatabaseRoles, drop_database_and_roles
 from shared.messaging.topology import delete_broker_objects, namespace_objects
 from shared.stack import ERP_SAMPLES, ROOT, IsolatedStack, StackError
 
@@ -81,8 +81,11 @@ async def find_leftovers(pg_url: str) -> list[str]:
     """Namespaces of earlier bench runs whose databases are still there (e.g. after kill -9)."""
     conn = await asyncpg.connect(f"{pg_url.rstrip('/')}/postgres")
     try:
-        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1",
-                                NAME_PREFIX.replace("_", r"\_") + "%")
+        # A database's roles (`<database>_owner`, `_runtime`) may outlive it after a crash.
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1 UNION "
+            "SELECT regexp_replace(rolname, '_(owner|runtime)$', '') FROM pg_roles "
+            "WHERE rolname LIKE $1", NAME_PREFIX.replace("_", r"\_") + "%")
     finally:
         await conn.close()
     suffixes = tuple(f"_{s.database_suffix}" for s in registry.SERVICES)
@@ -105,5 +108,5 @@ async def remove_leftovers(pg_url: str, amqp_url: str) -> list[str]:
         for failure in await delete_broker_objects(amqp_url, *namespace_objects(ns)):
             say(f"  cleanup {ns}: {failure}")
         for service in registry.SERVICES:
-            await drop_database(pg_url, service.database(ns))
+            await drop_database_and_roles(pg_url, DatabaseRoles.of(service, ns))
     return namespaces

@@ -88,7 +88,7 @@ async def start(service: Service, env: dict[str, str]) -> Child:
 
 async def pump(child: Child) -> None:
     """Copy the child's merged output, one labelled line at a time, until it closes."""
-    assert child.process.stdout is not None
+    assert child.process.stdout is not None  # nosec B101 # narrows a type: spawned with PIPE
     stream = child.process.stdout
     while True:
         try:
@@ -112,7 +112,7 @@ def child_env() -> dict[str, str]:
 
 def base_url(port: int) -> str:
     host = os.environ.get("SPINE_HTTP_HOST", "127.0.0.1")
-    if host in ("0.0.0.0", "::", ""):
+    if host in ("0.0.0.0", "::", ""):  # nosec B104 # compares, binds nothing: the client's address
         host = "127.0.0.1"
     return f"http://{host}:{port}"
 

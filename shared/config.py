@@ -7,8 +7,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from shared import crashpoints, registry
+from shared.db.roles import DatabaseRoles
 from shared.messaging.permissions import ANY, broker_user
 from shared.messaging.topology import DEFAULT_DELIVERY_LIMIT
 from shared.tokens import JWKS_ALGORITHMS
@@ -27,7 +29,14 @@ class ServiceSettings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     pg_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432",
-        description="PostgreSQL server URL without a database; each service appends its own",
+        description="PostgreSQL server URL without a database. `spine db setup` logs in with "
+        "it (an administrator); a service takes only its host and port, and logs in to its own "
+        "database as its runtime role (shared/db/roles.py)",
+    )
+    db_password: SecretStr | None = Field(
+        default=None,
+        description="the password of this service's runtime role (`spine db setup --service` "
+        "sets it); unset, none is sent, which only a server trusting the connection accepts",
     )
     db_prefix: str = Field(default="spine", pattern=r"^[a-z][a-z0-9_]*$")
     namespace: str = Field(
@@ -170,10 +179,18 @@ class ServiceSettings(BaseSettings):
         return self.registered().database(self.db_prefix)
 
     @property
+    def database_roles(self) -> DatabaseRoles:
+        return DatabaseRoles.of(self.registered(), self.db_prefix)
+
+    @property
     def database_url(self) -> str:
-        """SQLAlchemy URL of this service's own database."""
-        base = self.pg_url.rstrip("/").replace("postgresql://", "postgresql+asyncpg://", 1)
-        return f"{base}/{self.database_name}"
+        """SQLAlchemy URL of this service's own database, logged in as its runtime role."""
+        roles = self.database_roles
+        password = self.db_password.get_secret_value() if self.db_password else None
+        url = make_url(self.pg_url.rstrip("/")).set(
+            drivername="postgresql+asyncpg", username=roles.runtime, password=password,
+            database=roles.database)
+        return url.render_as_string(hide_password=False)
 
     @property
     def publishers(self) -> dict[str, str]:

@@ -1,11 +1,13 @@
 """An isolated Spine for the end-to-end tests and the bench: its own databases, namespace, processes.
 
-`IsolatedStack.start()` creates fresh databases `<namespace>_<suffix>` and migrates them with
-Alembic, declares the namespace's topology (`declare_all`) before any service runs, and starts
-the services of `shared.registry` as real processes on free ports until each answers /readyz.
-`stop()` sends SIGTERM and reports any service that does not stop cleanly; `cleanup()` stops
-what still runs, deletes the queues and exchanges and drops the databases. It is safe after a
-partial start and more than once. No service code imports this; it is tooling around them.
+`IsolatedStack.start()` creates fresh databases `<namespace>_<suffix>` with their owner and
+runtime roles (a generated password each) and migrates them with Alembic as the owner, declares
+the namespace's topology (`declare_all`) before any service runs, and starts the services of
+`shared.registry` as real processes on free ports until each answers /readyz; each logs in to
+its database as its runtime role, never as the administrator. `stop()` sends SIGTERM and reports
+any service that does not stop cleanly; `cleanup()` stops what still runs, deletes the queues
+and exchanges and drops the databases and their roles. It is safe after a partial start and
+more than once. No service code imports this; it is tooling around them.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 import httpx
 
 from shared import registry
-from shared.db.migrate import drop_database, ensure_database, upgrade
+from shared.db.roles import DatabaseRoles, drop_database_and_roles, new_password, setup_database
 from shared.messaging.topology import Topology, declare_all, delete_broker_objects, namespace_objects
 from shared.registry import Service
 from shared.tokens import JwtVerifier
@@ -61,7 +64,7 @@ def spawn_service(service: Service, env: Mapping[str, str], log: Path, *,
     # with one SIGTERM (a second signal would make uvicorn skip its graceful shutdown).
     # PR_SET_PDEATHSIG fires when the spawning *thread* ends, so call this from a long-lived one.
     with log.open("ab" if append else "wb") as out:
-        return subprocess.Popen(
+        return subprocess.Popen(  # nosec B603 # this Python, a module of the registry, no shell
             [sys.executable, "-m", service.module],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
@@ -103,6 +106,8 @@ class IsolatedStack:
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     databases: list[str] = field(default_factory=list)
+    # The runtime role's password of each service (generated per stack).
+    db_passwords: dict[str, str] = field(default_factory=dict)
     queues: list[str] = field(default_factory=list)
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     _cleaned: bool = False
@@ -115,8 +120,11 @@ class IsolatedStack:
         return registry.get(service).database(self.namespace)
 
     def dsn(self, service: str) -> str:
-        """asyncpg DSN of a service's database."""
+        """asyncpg DSN of a service's database, as the administrator (what tests look with)."""
         return f"{self.pg_url}/{self.database(service)}"
+
+    def roles(self, service: str) -> DatabaseRoles:
+        return DatabaseRoles.of(registry.get(service), self.namespace)
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
@@ -152,6 +160,7 @@ class IsolatedStack:
             "SPINE_DB_PREFIX": self.namespace,
             "SPINE_NAMESPACE": self.namespace,
             "SPINE_JWT_SECRET": self.secret,
+            "SPINE_DB_PASSWORD": self.db_passwords[service],
             "SPINE_LOG_LEVEL": self.log_level,
             **self.extra_env,
             "SPINE_HTTP_PORT": str(self.ports[service]),
@@ -166,14 +175,20 @@ class IsolatedStack:
         await self.wait_ready(ready_timeout_s)
 
     async def create_databases(self) -> None:
-        """Create and migrate a fresh database per service; refuses to reuse an existing one."""
-        pg_async = self.pg_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        """A fresh database and roles per service, migrated; refuses to reuse an existing one."""
+        conn = await asyncpg.connect(f"{self.pg_url}/postgres")
+        try:
+            taken = [r["datname"] for r in await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname = ANY($1::text[])",
+                [s.database(self.namespace) for s in self.services])]
+        finally:
+            await conn.close()
+        if taken:
+            raise StackError(f"database(s) {', '.join(taken)} already exist: refusing to reuse them")
         for service in self.services:
-            name = service.database(self.namespace)
-            if not await ensure_database(self.pg_url, name):
-                raise StackError(f"database {name} already exists: refusing to reuse it")
-            self.databases.append(name)
-            await asyncio.to_thread(upgrade, service.name, f"{pg_async}/{name}")
+            self.databases.append(service.name)  # first: a failure half-way still drops it
+            password = self.db_passwords.setdefault(service.name, new_password())
+            await setup_database(self.pg_url, service, self.namespace, password)
 
     async def declare_topology(self) -> None:
         """Every exchange and queue, before any service can publish (as `make run` does)."""
@@ -278,7 +293,7 @@ class IsolatedStack:
             self.amqp_url, self.queues, namespace_objects(self.namespace)[1])
         for name in self.databases:
             try:
-                await drop_database(self.pg_url, name)
+                await drop_database_and_roles(self.pg_url, self.roles(name))
             except Exception as exc:
-                failures.append(f"database {name}: {exc}")
+                failures.append(f"database of {name}: {exc}")
         return failures

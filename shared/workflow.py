@@ -91,6 +91,8 @@ class Evidence(Generic[E]):
     # (entity, evidence, caller's roles) → the evidence normalised for storage; raises
     # `InvalidInput` listing every problem.
     check: Callable[[E, Mapping[str, Any], frozenset[str]], dict[str, Any]]
+    # The keys it may have: any other is refused, never silently dropped.
+    fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -205,5 +207,12 @@ class Workflow(Generic[S, ES]):
             refusal = guard.check(entity)
             if refusal is not None:
                 raise guard.refusal(refusal)
-        stored = rule.evidence.check(entity, evidence or {}, roles) if rule.evidence else {}
+        given = evidence or {}
+        takes = rule.evidence.fields if rule.evidence else frozenset()
+        if unknown := sorted(set(given) - takes):
+            shape = (f"it takes {rule.evidence.name} evidence {rule.evidence.shape}"
+                     if rule.evidence else "it takes no evidence")
+            raise InvalidInput([f"evidence.{key} is unknown for {entity.status} → {target}: "
+                                f"{shape}" for key in unknown])
+        stored = rule.evidence.check(entity, given, roles) if rule.evidence else {}
         return Decision(rule, rule.acting_role(roles), stored)

@@ -150,6 +150,10 @@ async def _database_problem(engine: AsyncEngine, database: str) -> str | None:
         cause = _root_cause(exc)
         if isinstance(cause, asyncpg.InvalidCatalogNameError):
             return f"database {database} does not exist: create and migrate it (make migrate)"
+        if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError):
+            # The runtime role is created with its database: neither exists yet.
+            return (f"database {database} does not exist, or has no runtime role: create and "
+                    f"migrate it (make migrate): {cause}")
         return f"cannot connect to database {database}: {cause.__class__.__name__}: {cause}"
     if migrated is None:
         return f"database {database} is not migrated: migrate it (make migrate)"

@@ -22,7 +22,7 @@ from spine_cli.errors import CliError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO_ROOT / ".env"
 
-NO_SECRET = "SPINE_JWT_SECRET is not set (environment or .env); run `make env`"
+NO_SECRET = "SPINE_JWT_SECRET is not set (environment or .env); run `make env`"  # nosec B105 # a message
 
 
 class CliSettings(ServiceSettings):

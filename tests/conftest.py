@@ -25,7 +25,9 @@ import aio_pika
 import asyncpg
 import pytest
 
+from shared import registry
 from shared.db.migrate import drop_database, ensure_database
+from shared.db.roles import DatabaseRoles, drop_database_and_roles, new_password, setup_database
 from shared.messaging.topology import delete_broker_objects
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432"
@@ -342,6 +344,22 @@ async def databases(servers: Servers, db_prefix: str) -> AsyncIterator[DatabaseF
     finally:
         for name in reversed(created):
             await drop_database(servers.pg_url, name)
+
+
+@contextlib.asynccontextmanager
+async def service_database(admin_url: str, service: str, prefix: str) -> AsyncIterator[str]:
+    """A service's database and roles under `prefix`, migrated as the owner; dropped afterwards.
+
+    Yields the runtime role's generated password: settings built with it (`db_password`) log in
+    as that role, as the service does in production, never as the administrator.
+    """
+    roles = DatabaseRoles.of(registry.get(service), prefix)
+    password = new_password()
+    try:
+        await setup_database(admin_url, registry.get(service), prefix, password)
+        yield password
+    finally:
+        await drop_database_and_roles(admin_url, roles)
 
 
 @dataclass

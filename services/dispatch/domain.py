@@ -265,6 +265,8 @@ def _packed_lines(
         if not isinstance(item, dict):
             problems.append(f"evidence.lines[{i}] must be an object with line_no and quantity")
             continue
+        problems += [f"evidence.lines[{i}].{key} is unknown: a line takes line_no and quantity"
+                     for key in sorted(set(item) - {"line_no", "quantity"})]
         line_no, quantity = item.get("line_no"), item.get("quantity")
         if not isinstance(line_no, int) or line_no not in ordered:
             problems.append(f"evidence.lines[{i}].line_no {line_no!r} is not a line of this order")
@@ -298,9 +300,12 @@ def _packed_lines(
 
 
 PACKED_LINES: Evidence[Dispatch] = Evidence(
-    "packed lines", '{"lines": [{"line_no", "quantity"}]}', _packed_lines)
-SHIPMENT: Evidence[Dispatch] = Evidence("shipment", '{"carrier", "tracking_number"}', _shipment)
-HOLD: Evidence[Dispatch] = Evidence("hold", '{"reason_code", "owner", "due_at"}', _hold)
+    "packed lines", '{"lines": [{"line_no", "quantity"}]}', _packed_lines,
+    fields=frozenset({"lines"}))
+SHIPMENT: Evidence[Dispatch] = Evidence("shipment", '{"carrier", "tracking_number"}', _shipment,
+                                        fields=frozenset({"carrier", "tracking_number"}))
+HOLD: Evidence[Dispatch] = Evidence("hold", '{"reason_code", "owner", "due_at"}', _hold,
+                                    fields=frozenset({"reason_code", "owner", "due_at"}))
 
 
 # ---------------------------------------------------------------------------- the table

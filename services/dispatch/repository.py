@@ -51,7 +51,7 @@ class SqlAlchemyDispatchRepository:
 
     async def add(self, entity: Dispatch) -> bool:
         order = entity.order
-        assert order is not None, "a new dispatch carries the order it was opened for"
+        assert order is not None, "a new dispatch carries the order it was opened for"  # nosec B101 # narrows a type
         result = await self.conn.execute(_INSERT_DISPATCH, {
             "id": uuid.UUID(entity.id), "order_id": entity.order_id,
             "external_ref": order.external_ref, "source": order.source,

@@ -37,27 +37,35 @@ async def drop_database(pg_url: str, name: str) -> None:
         await conn.close()
 
 
-def alembic_config(service: str, database_url: str) -> Config:
+def alembic_config(service: str, database_url: str, role: str | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(SERVICES_DIR / service / "migrations"))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     cfg.attributes["database_url"] = database_url
+    cfg.attributes["role"] = role
     return cfg
 
 
-def upgrade(service: str, database_url: str, revision: str = "head") -> None:
-    """Alembic upgrade of one service's database (blocking; call from a thread in async code)."""
-    command.upgrade(alembic_config(service, database_url), revision)
+def upgrade(service: str, database_url: str, revision: str = "head", *,
+            role: str | None = None) -> None:
+    """Alembic upgrade of one service's database (blocking; call from a thread in async code).
+
+    With `role`, the migrations run as that role (`SET ROLE` on the connection): what they
+    create is the role's, and they have its rights only, not those of the login.
+    """
+    command.upgrade(alembic_config(service, database_url, role), revision)
 
 
-def downgrade(service: str, database_url: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(service, database_url), revision)
+def downgrade(service: str, database_url: str, revision: str = "base", *,
+              role: str | None = None) -> None:
+    command.downgrade(alembic_config(service, database_url, role), revision)
 
 
 def run_env(context: object, target_metadata: MetaData) -> None:
     """Body of every service's migrations/env.py: online, async, one transaction per run."""
     config = context.config  # type: ignore[attr-defined]
     url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    role = config.attributes.get("role")
 
     def do_run(connection: Connection) -> None:
         context.configure(  # type: ignore[attr-defined]
@@ -67,7 +75,9 @@ def run_env(context: object, target_metadata: MetaData) -> None:
             context.run_migrations()  # type: ignore[attr-defined]
 
     async def run_async() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
+        settings = {"role": role} if role else {}
+        engine = create_async_engine(url, poolclass=pool.NullPool,
+                                     connect_args={"server_settings": settings})
         async with engine.connect() as connection:
             await connection.run_sync(do_run)
             await connection.commit()

@@ -40,7 +40,7 @@ async def _abandon(conn: AsyncConnection, exc: BaseException) -> None:
         try:
             await conn.rollback()
             return
-        except Exception:  # the state of the session is unknown now: do not pool it
+        except Exception:  # nosec B110 # its state is unknown: it is invalidated below, not pooled
             pass
     # A cancellation (or exit) may have interrupted the driver between sending and reading;
     # only closing the session guarantees the server rolls back whatever it began.

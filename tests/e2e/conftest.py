@@ -32,9 +32,12 @@ class Stack(IsolatedStack):
     connection: aio_pika.abc.AbstractRobustConnection | None = None
     watch: aio_pika.abc.AbstractQueue | None = None
     seen: list[dict[str, Any]] = field(default_factory=list)
+    # Every token the tests sent: none may ever appear in a service's log.
+    tokens: list[str] = field(default_factory=list)
 
     def headers(self, *roles: str, sub: str | None = None) -> dict[str, str]:
         token = JwtVerifier(self.secret).issue(sub or f"u-{roles[0]}", list(roles))
+        self.tokens.append(token)
         return {"Authorization": f"Bearer {token}"}
 
     async def publish(self, routing_key: str, body: bytes, *, message_id: str | None = None) -> None:

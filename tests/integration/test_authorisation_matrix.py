@@ -14,7 +14,6 @@ Only the matrix stands between that request and a write.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import secrets
@@ -41,14 +40,12 @@ from services.notification import main as notification_main
 from services.notification.permissions import PERMISSIONS as NOTIFICATION
 from services.order import main as order_main
 from services.order.permissions import PERMISSIONS as ORDER
-from shared.db.engine import asyncpg_dsn
-from shared.db.migrate import drop_database, ensure_database, upgrade
 from shared.messaging.topology import consumer_queues, delete_broker_objects
 from shared.runtime import Runtime
 from shared.tokens import ROLES, JwtVerifier
 from shared.web.dead_letters import PERMISSIONS as DEAD_LETTER_ROUTES
 from shared.web.permissions import PUBLIC_PATHS, MatrixMismatch, Permissions
-from tests.conftest import Servers
+from tests.conftest import Servers, service_database
 
 pytestmark = pytest.mark.integration
 
@@ -104,27 +101,26 @@ class Services:
         build = BUILDERS[name]
         # A namespace each: the notification service would otherwise observe (and write down)
         # the events the others' relays publish while a refused call is being counted.
-        settings = _settings(name, self.servers, f"{self.namespace}_{name}")
-        await ensure_database(settings.pg_url, settings.database_name)
+        prefix = f"{self.namespace}_{name}"
         runtime = None
         try:
-            await asyncio.to_thread(upgrade, name, settings.database_url)
-            runtime, app = build(settings)
-            db = await asyncpg.connect(asyncpg_dsn(settings.database_url))
-            try:
-                async with app.router.lifespan_context(app), httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app), base_url=f"http://{name}"
-                ) as http:
-                    yield Service(name, runtime, app, http, db)
-            finally:
-                await db.close()
+            async with service_database(self.servers.pg_url, name, prefix) as password:
+                settings = _settings(name, self.servers, prefix, password)
+                runtime, app = build(settings)
+                db = await asyncpg.connect(f"{self.servers.pg_url}/{settings.database_name}")
+                try:
+                    async with app.router.lifespan_context(app), httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app), base_url=f"http://{name}"
+                    ) as http:
+                        yield Service(name, runtime, app, http, db)
+                finally:
+                    await db.close()
         finally:
             queues = [] if runtime is None else [
                 q for sub in runtime.broker.subscribers
                 for q in (sub.queue.name, runtime.topology.dead_letter_queue(sub.queue.name).name)
             ]
             await delete_broker_objects(self.servers.amqp_url, queues, [])
-            await drop_database(settings.pg_url, settings.database_name)
 
     async def close(self) -> None:
         await self.stack.aclose()
@@ -133,7 +129,7 @@ class Services:
         ])
 
 
-def _settings(name: str, servers: Servers, namespace: str) -> Any:
+def _settings(name: str, servers: Servers, namespace: str, db_password: str) -> Any:
     from services.dispatch.config import Settings as DispatchSettings
     from services.erp_adapter.config import Settings as ErpSettings
     from services.notification.config import Settings as NotificationSettings
@@ -142,7 +138,8 @@ def _settings(name: str, servers: Servers, namespace: str) -> Any:
     settings_class = {"order": OrderSettings, "dispatch": DispatchSettings,
                       "notification": NotificationSettings, "erp_adapter": ErpSettings}[name]
     return settings_class(_env_file=None, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
-                          db_prefix=namespace, namespace=namespace, jwt_secret=SECRET)
+                          db_prefix=namespace, namespace=namespace, jwt_secret=SECRET,
+                          db_password=db_password)
 
 
 @pytest.fixture(scope="module")
@@ -352,4 +349,4 @@ def test_a_service_whose_matrix_lacks_one_of_its_routes_refuses_to_be_built(
     module = importlib.import_module(f"services.{service}.permissions")
     monkeypatch.setattr(module, "PERMISSIONS", lacking)
     with pytest.raises(MatrixMismatch, match=f"without a permissions entry: \\['{method} {path}'\\]"):
-        BUILDERS[service](_settings(service, servers, "authz_unbuilt"))
+        BUILDERS[service](_settings(service, servers, "authz_unbuilt", "unused"))

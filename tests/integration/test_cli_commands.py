@@ -22,7 +22,8 @@ from alembic.script import ScriptDirectory
 from shared import registry
 from shared.contracts.envelope import Envelope
 from shared.contracts.ext import OrderSubmitted
-from shared.db.migrate import alembic_config, drop_database
+from shared.db.migrate import alembic_config
+from shared.db.roles import DatabaseRoles, drop_database_and_roles
 from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, ROUTING_KEY_HEADER, known_queues
 from shared.stack import free_port
 from tests.conftest import RabbitJanitor, Servers
@@ -70,7 +71,7 @@ async def prefix_cleanup(servers: Servers, namespace: str) -> AsyncIterator[None
     """Drops this test's databases whatever the commands under test did."""
     yield
     for service in registry.SERVICES:
-        await drop_database(servers.pg_url, service.database(namespace))
+        await drop_database_and_roles(servers.pg_url, DatabaseRoles.of(service, namespace))
 
 
 async def databases(servers: Servers, prefix: str) -> set[str]:
@@ -80,6 +81,15 @@ async def databases(servers: Servers, prefix: str) -> set[str]:
     finally:
         await conn.close()
     return {row["datname"] for row in rows}
+
+
+async def roles(servers: Servers, prefix: str) -> set[str]:
+    conn = await asyncpg.connect(f"{servers.pg_url}/postgres")
+    try:
+        rows = await conn.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", f"{prefix}\\_%")
+    finally:
+        await conn.close()
+    return {row["rolname"] for row in rows}
 
 
 def one_error_line(ran: Ran) -> str:
@@ -108,21 +118,47 @@ async def test_db_setup_creates_and_migrates_four_databases_and_db_drop_removes_
     assert [line.split()[1] for line in first.out.splitlines()] == names
     heads = {s.name: head_of(s.name) for s in registry.SERVICES}
     assert [line.split()[0] for line in first.out.splitlines()] == list(heads)
-    for line in first.out.splitlines():
-        assert line.endswith(f"created; migrated (empty) -> {heads[line.split()[0]]}"), line
+    for line, name in zip(first.out.splitlines(), names, strict=True):
+        assert line.endswith(f"created; migrated (empty) -> {heads[line.split()[0]]}; "
+                             f"runs as {name}_runtime"), line
     assert await databases(servers, namespace) == set(names)
+    assert await roles(servers, namespace) == {f"{n}_{r}" for n in names for r in ("owner", "runtime")}
 
     again = await spine("db", "setup", "--service", "erp_adapter")
     assert again.code == 0, again.err
     assert again.out.split() == ["erp_adapter", f"{namespace}_erp", "exists;", "already", "at",
-                                 "head", heads["erp_adapter"]]
+                                 "head", f"{heads['erp_adapter']};", "runs", "as",
+                                 f"{namespace}_erp_runtime"]
 
     dropped = await spine("db", "drop", "--prefix", namespace, "--yes")
     assert dropped.code == 0, dropped.err
     assert [line.split() for line in dropped.out.splitlines()] == [[n, "dropped"] for n in names]
     assert await databases(servers, namespace) == set()
+    assert await roles(servers, namespace) == set()
     gone = await spine("db", "drop", "--prefix", namespace, "--yes")
     assert gone.out.count("did not exist") == 4
+
+
+async def test_db_setup_sets_one_services_runtime_password_as_a_scram_verifier_only(
+    spine: Spine, servers: Servers, namespace: str, prefix_cleanup: None
+) -> None:
+    everyone = await spine("db", "setup", SPINE_DB_PASSWORD="not-for-all-four")
+    assert everyone.code == 2
+    assert "name the service with --service" in one_error_line(everyone)
+    assert await databases(servers, namespace) == set()
+
+    password = "a-generated-password-1"
+    ran = await spine("db", "setup", "--service", "order", SPINE_DB_PASSWORD=password)
+    assert ran.code == 0, ran.err
+    assert password not in ran.out + ran.err
+    conn = await asyncpg.connect(f"{servers.pg_url}/postgres")
+    try:
+        stored = await conn.fetchval("SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                                     f"{namespace}_order_runtime")
+    finally:
+        await conn.close()
+    # The server was sent (and keeps) a verifier from which the password cannot be read back.
+    assert stored.startswith("SCRAM-SHA-256$4096:") and password not in stored
 
 
 async def test_db_setup_against_a_server_that_does_not_answer_is_one_line_and_exit_1(

@@ -8,6 +8,7 @@ sees when the server restarts, without disturbing any other test on the shared s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import uuid
@@ -24,11 +25,10 @@ import pytest
 from services.notification.config import Settings
 from services.notification.main import build
 from shared.contracts.envelope import Actor, new_envelope
-from shared.db.migrate import drop_database, ensure_database, upgrade
 from shared.messaging.permissions import broker_user
 from shared.messaging.topology import CONSUMER_QUEUES, Topology
 from shared.runtime import Runtime
-from tests.conftest import Servers
+from tests.conftest import Servers, service_database
 from tests.faults import DelayingProxy
 
 pytestmark = pytest.mark.integration
@@ -95,18 +95,21 @@ async def new_service(
     unique = f"outage_{uuid.uuid4().hex[:8]}"
     made: list[Service] = []
     connection = await aio_pika.connect(servers.amqp_url)
+    databases = contextlib.AsyncExitStack()
 
     async def make(*, through: str) -> Service:
         pg_url = proxies["pg"].url(servers.pg_url) if through == "pg" else servers.pg_url
         amqp_url = proxies["amqp"].url(servers.amqp_url) if through == "amqp" else servers.amqp_url
+        # Created and migrated directly; the service logs in as its runtime role, maybe through
+        # the proxy.
+        password = await databases.enter_async_context(
+            service_database(servers.pg_url, "notification", unique))
         for key, value in {"SPINE_PG_URL": pg_url, "SPINE_AMQP_URL": amqp_url,
                            "SPINE_DB_PREFIX": unique, "SPINE_NAMESPACE": unique,
+                           "SPINE_DB_PASSWORD": password,
                            "SPINE_JWT_SECRET": secrets.token_hex(32)}.items():
             monkeypatch.setenv(key, value)
         settings = Settings()
-        await ensure_database(servers.pg_url, settings.database_name)
-        direct = settings.database_url.replace(pg_url.rstrip("/"), servers.pg_url.rstrip("/"))
-        await asyncio.to_thread(upgrade, "notification", direct)
         db = await asyncpg.connect(f"{servers.pg_url}/{settings.database_name}")
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         made.append(service := Service(settings, db, channel))
@@ -119,9 +122,10 @@ async def new_service(
         for purpose, _ in CONSUMER_QUEUES["notification"]:
             await cleanup.queue_delete(service.queue(purpose))
             await cleanup.queue_delete(service.queue(purpose, dead=True))
-        for exchange in (f"{unique}.events", f"{unique}.dlx"):
+        for exchange in (f"{unique}.events", f"{unique}.dlx", f"{unique}.unrouted"):
             await cleanup.exchange_delete(exchange)
-        await drop_database(servers.pg_url, service.settings.database_name)
+        await cleanup.queue_delete(f"{unique}.unrouted")
+    await databases.aclose()
     await connection.close()
 
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +25,13 @@ import pytest
 from services.erp_adapter.config import Settings
 from services.erp_adapter.main import build
 from shared.auth import JwtVerifier
-from shared.db.migrate import downgrade, drop_database, ensure_database, upgrade
+from shared.db.migrate import downgrade, upgrade
+from shared.db.roles import owner_url
 from shared.messaging.topology import Topology
 from spine_cli import erp as erp_command
 from spine_cli import settings as cli_settings
 from spine_cli.main import main as spine
-from tests.conftest import Servers
+from tests.conftest import Servers, service_database
 
 pytestmark = pytest.mark.integration
 
@@ -104,29 +105,28 @@ async def erp(
         "SPINE_JWT_SECRET": secrets.token_hex(32),
     }.items():
         monkeypatch.setenv(key, value)
-    settings = Settings()  # type: ignore[call-arg]
-    await ensure_database(settings.pg_url, settings.database_name)
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        await asyncio.to_thread(upgrade, "erp_adapter", settings.database_url)
-        db = await asyncpg.connect(f"{settings.pg_url}/{settings.database_name}")
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(
-            f"{unique}.events", aio_pika.ExchangeType.TOPIC, durable=True,
-            arguments=Topology(unique).events_arguments,  # as the service's relay declares it
-        )
-        observed = await channel.declare_queue(f"{unique}.test.erp-observer", exclusive=True)
-        await observed.bind(exchange, "erp.#")
+    async with service_database(servers.pg_url, "erp_adapter", unique) as password:
+        monkeypatch.setenv("SPINE_DB_PASSWORD", password)
+        settings = Settings()  # type: ignore[call-arg]
+        connection = await aio_pika.connect(settings.amqp_url)
         try:
-            yield Erp(settings, db, observed, tmp_path)
+            db = await asyncpg.connect(f"{settings.pg_url}/{settings.database_name}")
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(
+                f"{unique}.events", aio_pika.ExchangeType.TOPIC, durable=True,
+                arguments=Topology(unique).events_arguments,  # as the service's relay declares it
+            )
+            observed = await channel.declare_queue(f"{unique}.test.erp-observer", exclusive=True)
+            await observed.bind(exchange, "erp.#")
+            try:
+                yield Erp(settings, db, observed, tmp_path)
+            finally:
+                await db.close()
+                await observed.delete(if_unused=False, if_empty=False)
+                for name in (f"{unique}.events", f"{unique}.dlx"):
+                    await channel.exchange_delete(name)
         finally:
-            await db.close()
-            await observed.delete(if_unused=False, if_empty=False)
-            for name in (f"{unique}.events", f"{unique}.dlx"):
-                await channel.exchange_delete(name)
-    finally:
-        await connection.close()
-        await drop_database(settings.pg_url, settings.database_name)
+            await connection.close()
 
 
 def upload(name: str, content: bytes, **form: str) -> dict[str, Any]:
@@ -364,10 +364,17 @@ async def test_a_deeply_nested_export_is_refused_with_its_reason_by_the_api_and_
     assert await erp.count("erp_customer") == 0
 
 
+async def migrate(erp: Erp, step: Callable[..., None]) -> None:
+    """`upgrade` or `downgrade` all the way, as the owner role (the runtime role may not)."""
+    roles = erp.settings.database_roles
+    await asyncio.to_thread(step, "erp_adapter", owner_url(erp.settings.pg_url, roles),
+                            role=roles.owner)
+
+
 async def test_the_command_refuses_a_database_that_is_not_migrated(
     erp: Erp, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await asyncio.to_thread(downgrade, "erp_adapter", erp.settings.database_url)
+    await migrate(erp, downgrade)
     code = await asyncio.to_thread(spine, ["erp", "import", str(SAMPLES / "customers.csv")])
     assert code == erp_command.EXIT_NO_DATABASE
     assert "is not migrated" in capsys.readouterr().err
@@ -376,7 +383,7 @@ async def test_the_command_refuses_a_database_that_is_not_migrated(
 async def test_the_migration_downgrades_to_nothing_and_upgrades_again(erp: Erp) -> None:
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1"
     assert await erp.db.fetchval(tables, "alembic_version") == 7
-    await asyncio.to_thread(downgrade, "erp_adapter", erp.settings.database_url)
+    await migrate(erp, downgrade)
     assert await erp.db.fetchval(tables, "alembic_version") == 0
-    await asyncio.to_thread(upgrade, "erp_adapter", erp.settings.database_url)
+    await migrate(erp, upgrade)
     assert await erp.db.fetchval(tables, "alembic_version") == 7

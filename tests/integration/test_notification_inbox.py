@@ -24,10 +24,9 @@ from services.notification.config import Settings
 from services.notification.main import build
 from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
-from shared.db.migrate import drop_database, ensure_database, upgrade
 from shared.messaging.permissions import broker_user
 from shared.messaging.topology import CONSUMER_QUEUES, ERROR_HEADER, Topology
-from tests.conftest import Servers
+from tests.conftest import Servers, service_database
 
 pytestmark = pytest.mark.integration
 
@@ -100,28 +99,27 @@ async def notification(
         "SPINE_JWT_SECRET": secrets.token_hex(32),
     }.items():
         monkeypatch.setenv(key, value)
-    settings = Settings()  # type: ignore[call-arg]
-    await ensure_database(settings.pg_url, settings.database_name)
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        await asyncio.to_thread(upgrade, "notification", settings.database_url)
-        db = await asyncpg.connect(f"{settings.pg_url}/{settings.database_name}")
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    async with service_database(servers.pg_url, "notification", unique) as password:
+        monkeypatch.setenv("SPINE_DB_PASSWORD", password)
+        settings = Settings()  # type: ignore[call-arg]
+        connection = await aio_pika.connect(settings.amqp_url)
         try:
-            yield Notification(settings, db, channel)
+            db = await asyncpg.connect(f"{settings.pg_url}/{settings.database_name}")
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            try:
+                yield Notification(settings, db, channel)
+            finally:
+                await db.close()
+                # A fresh channel: a failed assertion may have closed the test's one.
+                cleanup = await connection.channel()
+                for purpose, _ in CONSUMER_QUEUES["notification"]:
+                    name = Topology(unique).queue_name("notification", purpose)
+                    await cleanup.queue_delete(name)
+                    await cleanup.queue_delete(f"{name}.dlq")
+                for exchange in (f"{unique}.events", f"{unique}.dlx"):
+                    await cleanup.exchange_delete(exchange)
         finally:
-            await db.close()
-            # A fresh channel: a failed assertion may have closed the test's one.
-            cleanup = await connection.channel()
-            for purpose, _ in CONSUMER_QUEUES["notification"]:
-                name = Topology(unique).queue_name("notification", purpose)
-                await cleanup.queue_delete(name)
-                await cleanup.queue_delete(f"{name}.dlq")
-            for exchange in (f"{unique}.events", f"{unique}.dlx"):
-                await cleanup.exchange_delete(exchange)
-    finally:
-        await connection.close()
-        await drop_database(settings.pg_url, settings.database_name)
+            await connection.close()
 
 
 def dispatch_created(

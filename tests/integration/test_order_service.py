@@ -28,12 +28,10 @@ from services.order.config import Settings
 from services.order.main import build
 from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
-from shared.db.engine import asyncpg_dsn
-from shared.db.migrate import drop_database, ensure_database, upgrade
 from shared.messaging.permissions import broker_user
 from shared.messaging.topology import CONSUMER_QUEUES, ERROR_HEADER, Topology
 from shared.runtime import Runtime
-from tests.conftest import Servers
+from tests.conftest import Servers, service_database
 
 pytestmark = pytest.mark.integration
 
@@ -179,38 +177,36 @@ async def svc(servers: Servers) -> AsyncIterator[OrderService]:
     secret = secrets.token_hex(32)
     env = {"SPINE_DB_PREFIX": ns, "SPINE_NAMESPACE": ns, "SPINE_JWT_SECRET": secret,
            "SPINE_PG_URL": servers.pg_url, "SPINE_AMQP_URL": servers.amqp_url}
-    with _environment(env):
-        settings = Settings()
-        assert settings.database_name == f"{ns}_order"
-        await ensure_database(settings.pg_url, settings.database_name)
-        runtime = None
-        amqp = await aio_pika.connect(servers.amqp_url, timeout=10)
-        topology = Topology(ns)
-        observer_name = f"{ns}.test.order-events"
-        try:
-            await asyncio.to_thread(upgrade, "order", settings.database_url)
-            runtime, app = build(settings)
-            db = await asyncpg.connect(asyncpg_dsn(settings.database_url))
-            async with app.router.lifespan_context(app):
-                channel = await amqp.channel(publisher_confirms=True)
-                events = await channel.get_exchange(topology.events.name, ensure=True)
-                # Bound before anything is published: the relay publishes `mandatory`.
-                observer = await channel.declare_queue(observer_name, exclusive=True)
-                await observer.bind(events, "order.#")
-                log = EventLog()
-                await observer.consume(log.on_message)
-                async with httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app), base_url="http://order"
-                ) as http:
-                    service = OrderService(settings, runtime, http, db, channel, events, log,
-                                           JwtVerifier(secret))
-                    await _seed_replicas(service)
-                    yield service
-            await db.close()
-        finally:
-            await _delete_topology(amqp, topology, runtime, observer_name)
-            await amqp.close()
-            await drop_database(settings.pg_url, settings.database_name)
+    async with service_database(servers.pg_url, "order", ns) as password:
+        with _environment({**env, "SPINE_DB_PASSWORD": password}):
+            settings = Settings()
+            assert settings.database_name == f"{ns}_order"
+            runtime = None
+            amqp = await aio_pika.connect(servers.amqp_url, timeout=10)
+            topology = Topology(ns)
+            observer_name = f"{ns}.test.order-events"
+            try:
+                runtime, app = build(settings)
+                db = await asyncpg.connect(f"{servers.pg_url}/{settings.database_name}")
+                async with app.router.lifespan_context(app):
+                    channel = await amqp.channel(publisher_confirms=True)
+                    events = await channel.get_exchange(topology.events.name, ensure=True)
+                    # Bound before anything is published: the relay publishes `mandatory`.
+                    observer = await channel.declare_queue(observer_name, exclusive=True)
+                    await observer.bind(events, "order.#")
+                    log = EventLog()
+                    await observer.consume(log.on_message)
+                    async with httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app), base_url="http://order"
+                    ) as http:
+                        service = OrderService(settings, runtime, http, db, channel, events, log,
+                                               JwtVerifier(secret))
+                        await _seed_replicas(service)
+                        yield service
+                await db.close()
+            finally:
+                await _delete_topology(amqp, topology, runtime, observer_name)
+                await amqp.close()
 
 
 async def _seed_replicas(svc: OrderService) -> None:

@@ -168,7 +168,7 @@ def test_an_empty_setting_counts_as_unset(spine: Spine) -> None:
 def test_db_drop_refuses_without_yes_and_names_all_four_databases(spine: Spine) -> None:
     result = spine("db", "drop", "--prefix", "spine_x")
     assert_one_line_error(result, 2, "refusing to drop spine_x_order, spine_x_dispatch, "
-                          "spine_x_notification, spine_x_erp without --yes")
+                          "spine_x_notification, spine_x_erp and their roles without --yes")
 
 
 @pytest.mark.parametrize("command", [("db", "drop", "--yes"), ("db", "setup")])

@@ -108,10 +108,13 @@ def test_every_state_target_and_role_is_decided_as_the_design_says(
     allowed = EXPECTED.get((state, target))
     may_reach_target = any(role in roles for (_, t), roles in EXPECTED.items() if t == target)
 
+    # Returning from hold takes no evidence (its guard is the exceptions), so none is sent.
+    evidence = {} if state == Status.ON_HOLD else GOOD_EVIDENCE.get(target, {})
+
     def attempt() -> object:
         return decide(
             dispatch, target, roles=frozenset({role}), actor_id="u-1", expected_version=3,
-            reason="because", evidence=GOOD_EVIDENCE.get(target, {}),
+            reason="because", evidence=evidence,
         )
 
     if not may_reach_target:
@@ -217,3 +220,25 @@ def test_cancelling_needs_a_reason() -> None:
 def test_shipped_and_cancelled_are_terminal() -> None:
     for state in (Status.SHIPPED, Status.CANCELLED):
         assert not [edge for edge in WORKFLOW.rules if edge[0] == state]
+
+
+@pytest.mark.parametrize(("state", "target", "role", "evidence", "problem"), [
+    (Status.PACKED, Status.SHIPPED, "shipping",
+     {**GOOD_EVIDENCE[Status.SHIPPED], "trackingnumber": "x"},
+     "evidence.trackingnumber is unknown for packed → shipped: it takes shipment evidence "
+     '{"carrier", "tracking_number"}'),
+    (Status.PENDING, Status.ON_HOLD, "planner", {**GOOD_EVIDENCE[Status.ON_HOLD], "blocking": True},
+     "evidence.blocking is unknown for pending → on_hold: it takes hold evidence"),
+    (Status.PENDING, Status.RELEASED, "planner", {"note": "rush"},
+     "evidence.note is unknown for pending → released: it takes no evidence"),
+    (Status.PICKING, Status.PACKED, "warehouse",
+     {"lines": [{"line_no": 1, "quantity": "5", "qty": "5"}, {"line_no": 2, "quantity": "2.5"}]},
+     "evidence.lines[0].qty is unknown: a line takes line_no and quantity"),
+])
+def test_evidence_with_a_key_the_edge_does_not_take_is_refused_naming_the_key(
+    state: Status, target: Status, role: str, evidence: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        decide(a_dispatch(state), target, roles=frozenset({role}), actor_id="u-1",
+               expected_version=3, reason="because", evidence=evidence)
+    assert any(p.startswith(problem) for p in refused.value.problems), refused.value.problems

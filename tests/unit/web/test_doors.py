@@ -109,3 +109,25 @@ async def test_a_transition_with_an_unknown_field_is_a_422_and_changes_nothing()
     assert response.status_code == 422, response.text
     assert response.json()["problems"] == ["urgent: Extra inputs are not permitted"]
     assert uow.commits == 0 and store.read(dispatch.id).status == dispatch.status
+
+
+async def test_transition_evidence_with_an_unknown_key_is_a_422_naming_it_and_changes_nothing() -> None:
+    uow, store = fake_unit_of_work()
+    dispatch = Dispatch.open_for(OrderSnapshot(
+        order_id="o-2", external_ref=None, source=None, customer_id="C-1",
+        requested_ship_date="2026-12-24", priority="normal",
+        ship_to={"name": "n", "street": "s", "city": "c", "postal_code": "1", "country": "AT"},
+        lines=[{"line_no": 1, "product_id": "P-1", "quantity": "1", "uom": "EA"}],
+    ), dispatch_id=str(uuid.uuid4()), correlation_id=uuid.uuid4())
+    store.stage(dispatch.id, dispatch)
+    store.commit()
+
+    response = await call(app_of(dispatch_api.router, uow), "POST",
+                          f"/dispatches/{dispatch.id}/transitions",
+                          json={"to": "released", "evidence": {"approved_by": "u-1"}},
+                          headers={**token("planner"), "If-Match": f'"{dispatch.version}"'})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["problems"] == [
+        "evidence.approved_by is unknown for pending → released: it takes no evidence"]
+    assert uow.commits == 0 and store.read(dispatch.id).status == dispatch.status
