@@ -54,12 +54,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def spawn_service(service: Service, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start `python -m services.<name>.main` with `env` over this process's environment."""
+def spawn_service(
+    service: Service, env: Mapping[str, str], log: Path, *, append: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start `python -m services.<name>.main` with `env` over this process's environment.
+
+    `append` keeps what the log holds, for a service started again after a crash.
+    """
     # Own session: a Ctrl-C in the terminal reaches only the caller, which stops the services
     # with one SIGTERM (a second signal would make uvicorn skip its graceful shutdown).
     # PR_SET_PDEATHSIG fires when the spawning *thread* ends, so call this from a long-lived one.
-    with log.open("wb") as out:
+    with log.open("ab" if append else "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", service.module],
             cwd=ROOT,
