@@ -24,7 +24,6 @@ but not confirmed, since the confirm may be what never got through.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,6 @@ import aio_pika
 import asyncpg
 
 from services.dispatch.domain import WORKFLOW, Status
-from shared import registry
 from shared.messaging.topology import CONSUMER_QUEUES, ERROR_HEADER, Topology, topic_matches
 from shared.stack import IsolatedStack
 from tests.chaos.driver import History
@@ -284,15 +282,3 @@ async def _check_queues(stack: IsolatedStack, report: Report) -> None:
             report.add("queue residue", f"{name}: {messages} messages, {consumers} consumers")
     report.figures["queues"] = {n: m for n, (m, _) in depths.items() if m}
 
-
-def consumer_counts(depths: dict[str, tuple[int, int]]) -> dict[str, int]:
-    """Consumers per consuming queue (not the dead-letter queues, which nobody consumes)."""
-    return {n: c for n, (_, c) in depths.items() if not n.endswith(".dlq")}
-
-
-def services_consuming() -> list[str]:
-    return [s.name for s in registry.SERVICES if s.consumer_queues]
-
-
-def as_json(report: Report) -> str:
-    return json.dumps({"violations": report.violations, "figures": report.figures}, default=str)

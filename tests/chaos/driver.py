@@ -65,7 +65,7 @@ class History:
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for op in self.operations:
-            key = f"{op.channel} {op.outcome}"
+            key = f"{op.channel} {op.outcome if op.ended_at else 'in flight'}"
             counts[key] = counts.get(key, 0) + 1
         return dict(sorted(counts.items()))
 

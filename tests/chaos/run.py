@@ -25,6 +25,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from shared.messaging.topology import known_queues
 from shared.stack import IsolatedStack, StackError
 from tests.chaos.checker import Report, check, queue_depths
 from tests.chaos.driver import History, LoadDriver
@@ -113,6 +114,11 @@ async def chaos_run(config: RunConfig, progress: Callable[[str], None] = say) ->
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         report = await check(history, stack)
+        # Consumers really came back: the broker's own count, not what a service logged.
+        consumers = await asyncio.to_thread(rabbit.queue_consumers)
+        for queue in known_queues(stack.namespace):  # the consumed ones, not the DLQs
+            if not consumers.get(queue):
+                report.add("queues without consumers", f"{queue}: {consumers.get(queue, 'absent')}")
         report.figures["faults"] = dict(sorted(supervisor.done.items()))
         report.figures["services that exited by themselves"] = dict(supervisor.unexpected_exits)
         history.dump(work / "history.jsonl")
