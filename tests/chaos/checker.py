@@ -15,6 +15,8 @@ What counts as a violation (each is listed, with examples, and fails the run):
   state it was in, and end in the dispatch's status; an order's with `order.received`, then
   `order.confirmed` once when it is confirmed.
 - residue: unsent outbox rows in any database; messages left in any consumer queue.
+- (added by the run) a consumed queue without a consumer at the end, by the broker's count; a
+  service that exited by itself during the run rather than wait for a dependency.
 
 An `indeterminate` operation may have taken effect or not; whichever, it must have done so
 wholly (one order, confirmed, one dispatch) or not at all — or, over HTTP, an order received

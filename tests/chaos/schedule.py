@@ -45,6 +45,7 @@ class FaultPlan:
     rabbit_graceful: int = 0
     rabbit_kills: int = 0
     pg_restarts: int = 0
+    server_down_s: tuple[float, float] = (1.0, 3.0)  # how long a stopped server stays down
     services: tuple[str, ...] = registry.NAMES
 
     def draw(self, seed: int) -> list[Fault]:
@@ -60,7 +61,7 @@ class FaultPlan:
         slot = self.duration_s / max(1, len(servers))
         for i, kind in enumerate(servers):
             at = i * slot + rng.uniform(0.2, 0.6) * slot
-            faults.append(Fault(round(at, 1), kind, "", round(rng.uniform(1.0, 3.0), 1)))
+            faults.append(Fault(round(at, 1), kind, "", round(rng.uniform(*self.server_down_s), 1)))
         return sorted(faults)
 
 

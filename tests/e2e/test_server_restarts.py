@@ -24,7 +24,10 @@ pytestmark = [
     pytest.mark.timeout(400),
 ]
 
-NEEDS_PART_0 = "needs part 0"  # services that hold transient failures and reconnect (issue 6)
+# Services that hold transient failures instead of spending the delivery limit (issue 6, part
+# 0). Until then a PostgreSQL restart dead-letters what arrives meanwhile: 22 of 400 orders in
+# a 3.7 s outage at 20/s ("gave up after 5 attempts: ConnectionRefusedError").
+NEEDS_PART_0 = "needs part 0"
 
 
 def seed() -> int:
@@ -32,8 +35,10 @@ def seed() -> int:
 
 
 async def flow_through(**restarts: int) -> RunResult:
-    result = await chaos_run(RunConfig(orders=200, rate=10.0, seed=seed(), kills_per_service=0,
-                                       **restarts))
+    # 20 orders a second, and a server down 3-4 s (as long as a PostgreSQL restart takes on
+    # a busy host): a delivery limit spent on the outage would dead-letter dozens.
+    result = await chaos_run(RunConfig(orders=400, rate=20.0, seed=seed(), kills_per_service=0,
+                                       server_down_s=(3.0, 4.0), **restarts))
     print(result.summary())
     return result
 
@@ -43,12 +48,10 @@ def assert_healed(result: RunResult, fault: str) -> None:
     assert result.ok, f"{result.summary()}\n--- service logs (tail)\n{result.logs[-6000:]}"
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_PART_0)
 async def test_a_graceful_broker_restart_during_a_flow_loses_and_doubles_nothing() -> None:
     assert_healed(await flow_through(rabbit_graceful=1), "rabbit-graceful")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_PART_0)
 async def test_a_killed_broker_started_again_during_a_flow_loses_and_doubles_nothing() -> None:
     assert_healed(await flow_through(rabbit_kills=1), "rabbit-kill")
 

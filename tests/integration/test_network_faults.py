@@ -32,13 +32,16 @@ from shared.messaging.permissions import broker_user
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology
 from shared.stack import IsolatedStack
-from tests.conftest import DatabaseFactory, RabbitJanitor, Servers
+from tests.conftest import DatabaseFactory, RabbitJanitor, Servers, StuckSessionWatch
 from tests.faults import FaultProxy
 from tests.integration.widget_schema import OUTBOX, WIDGET, WidgetUow, create_schema, widget_unit_of_work
 
 HEARTBEAT_S = 2  # asked for in the URL; RabbitMQ agrees to the lower of its own and ours
 ACTOR = Actor(id="widget-maker", role="system")
 POOL_SIZE = 3
+HANG_S = 15.0  # a unit of work still waiting after this long on a dead connection hangs
+NO_DB_TIMEOUT = ("nothing bounds a database call yet (no asyncpg command_timeout, no TCP "
+                 "keepalive): a unit of work on a half-dead connection waits for ever")
 
 
 async def until(condition: Callable[[], Coroutine[Any, Any, bool]], timeout: float, what: str) -> float:
@@ -89,8 +92,11 @@ async def unsent(engine: AsyncEngine) -> int:
 
 async def test_a_relay_whose_broker_connection_goes_half_dead_publishes_on_a_new_one(
     servers: Servers, namespace: str, widgets: AsyncEngine, proxy_to_broker: FaultProxy,
-    rabbit_janitor: RabbitJanitor,
+    rabbit_janitor: RabbitJanitor, stuck_session_watch: StuckSessionWatch,
 ) -> None:
+    # The relay keeps its batch's transaction (the rows' locks) open while it awaits the
+    # broker's confirms; on a half-dead connection that lasts until the heartbeat gives up.
+    stuck_session_watch.expected.add("spine-widgets")
     connection = await aio_pika.connect(servers.amqp_url)
     channel = await connection.channel()
     events = await channel.declare_exchange(f"{namespace}.events", aio_pika.ExchangeType.TOPIC,
@@ -239,13 +245,15 @@ async def test_a_pool_whose_connections_were_all_reset_gives_out_no_dead_ones_af
     assert outcomes.count("ok") >= 2 * POOL_SIZE, outcomes
 
 
+@pytest.mark.xfail(strict=True, reason=NO_DB_TIMEOUT)
 async def test_a_unit_of_work_on_a_half_dead_database_connection_ends_and_the_pool_recovers(
     proxied_widgets: tuple[AsyncEngine, FaultProxy],
 ) -> None:
     engine, proxy = proxied_widgets
     proxy.black_hole_open()
     started = time.monotonic()
-    outcomes = await attempts_after_fault(widget_unit_of_work(engine, "widgets"), 3 * POOL_SIZE, 60)
+    outcomes = await attempts_after_fault(widget_unit_of_work(engine, "widgets"), 3 * POOL_SIZE,
+                                          HANG_S)
     took = time.monotonic() - started
     assert not any(o.startswith("TimeoutError") for o in outcomes), (
         f"a unit of work hung on a half-dead connection: {outcomes}")
