@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import registry
 from shared.messaging.permissions import ANY, broker_user
+from shared.messaging.topology import DEFAULT_DELIVERY_LIMIT
 from shared.tokens import JWKS_ALGORITHMS
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", "dev", "test"}
@@ -50,7 +51,20 @@ class ServiceSettings(BaseSettings):
     http_port: int | None = None
     prefetch: int = Field(default=64, ge=1)
     db_pool_size: int = Field(default=16, ge=1, description="connections per service process")
-    delivery_limit: int = Field(default=5, ge=1)
+    delivery_limit: int = Field(
+        default=DEFAULT_DELIVERY_LIMIT, ge=1,
+        description="the queues' x-delivery-limit: deliveries a message may get that no process "
+        "settled (it died, or lost its connection) before the broker dead-letters it",
+    )
+    retry_limit: int = Field(
+        default=5, ge=1,
+        description="attempts a message gets when its handler fails for a reason that is not "
+        "a known outage (those are held and retried without limit) nor permanent",
+    )
+    max_message_bytes: int = Field(
+        default=1024 * 1024, ge=1,
+        description="largest message body a consumer reads; a larger one is dead-lettered",
+    )
     declare_topology: bool = Field(
         default=True,
         description="false where the broker user has no configure rights (production): the "

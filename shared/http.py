@@ -35,8 +35,14 @@ IDLE_IN_TRANSACTION = Gauge(
 )
 
 
-def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
-    """`/healthz` (process alive), `/readyz` (database and broker reachable), `/metrics`."""
+def ops_router(
+    engine: AsyncEngine, broker: Any, readiness: Callable[[], dict[str, str]] | None = None
+) -> APIRouter:
+    """`/healthz` (process alive), `/readyz` (database and broker reachable), `/metrics`.
+
+    `readiness` adds the process's own checks (consumers started, no message held), each
+    "ok" or what it waits for.
+    """
     router = APIRouter(tags=["ops"])
 
     @router.get("/healthz", summary="The process is alive")
@@ -49,7 +55,8 @@ def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
         IDLE_IN_TRANSACTION.set(stuck)
         return stuck
 
-    @router.get("/readyz", summary="The database and the broker answer, no session is stuck",
+    @router.get("/readyz", summary="The database and the broker answer, the consumers run, "
+                "no session is stuck and no message is held",
                 responses={503: {"description": "Not ready: `checks` names what failed"}})
     async def readyz() -> JSONResponse:
         checks: dict[str, str] = {}
@@ -64,6 +71,8 @@ def ops_router(engine: AsyncEngine, broker: Any) -> APIRouter:
             checks["broker"] = "ok" if await broker.ping(timeout=2.0) else "unreachable"
         except Exception as exc:
             checks["broker"] = f"unreachable: {exc.__class__.__name__}"
+        if readiness is not None:
+            checks.update(readiness())
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

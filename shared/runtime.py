@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -20,7 +21,8 @@ from shared.config import ServiceSettings
 from shared.contracts.envelope import Envelope
 from shared.db.engine import make_engine
 from shared.http import install_error_handlers, ops_router
-from shared.messaging.broker import make_broker
+from shared.messaging.broker import delivery_policy, make_broker
+from shared.messaging.delivery import describe
 from shared.messaging.provenance import Senders
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology, consumer_queues
@@ -30,6 +32,8 @@ from shared.web.permissions import Door, Permissions, documented_routes
 
 log = logging.getLogger("spine.runtime")
 
+# How long a starting service waits for its first broker connection before it serves anyway.
+_FIRST_CONNECT_WAIT_S = 5.0
 
 
 @dataclass
@@ -42,6 +46,9 @@ class Runtime:
     broker: RabbitBroker
     topology: Topology
     relay: OutboxRelay
+    # Until the broker is connected and the consumers started: why not (None once they are).
+    messaging_pending: str | None = "not connected yet"
+    _messaging: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
     def build(cls, name: str, settings: ServiceSettings) -> Runtime:
@@ -52,7 +59,8 @@ class Runtime:
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, service=name)
         broker = make_broker(
             settings.amqp_url, service=name, topology=topology, prefetch=settings.prefetch,
-            senders=Senders.of(settings.publishers),
+            senders=Senders.of(settings.publishers), retry_limit=settings.retry_limit,
+            max_message_bytes=settings.max_message_bytes,
         )
         relay = OutboxRelay(engine, settings.amqp_url, topology, name=name)
         return cls(name, settings, engine, broker, topology, relay)
@@ -76,21 +84,60 @@ class Runtime:
             dlq = await self.broker.declare_queue(self.topology.dead_letter_queue(queue.name))
             await dlq.bind(dlx, routing_key=queue.name)
 
+    async def start_messaging(self) -> None:
+        """Connect, declare, start consuming; while the broker is down, wait and try again.
+
+        A service starts whatever is down: HTTP answers (`/readyz` says what it waits for),
+        the relay keeps events in the outbox, and the consumers start once the broker is back.
+        """
+        delay = 0.5
+        while True:
+            try:
+                await self.broker.connect()
+                await self.broker.declare_exchange(self.topology.events)
+                await self.declare_dead_letters()
+                await self.broker.start()
+            except Exception as exc:
+                self.messaging_pending = f"waiting for the broker: {describe(exc)}"
+                log.warning("%s: broker not ready (%s); trying again in %.1f s", self.name,
+                            describe(exc), delay)
+                with contextlib.suppress(Exception):
+                    await self.broker.stop()  # a half-made connection, so the next try is fresh
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.messaging_pending = None
+            log.info("%s consuming from the broker", self.name)
+            return
+
+    async def started(self) -> None:
+        """Until the consumers run (after `lifespan` began): what a test waits for."""
+        await asyncio.shield(self._messaging)
+
+    def readiness(self) -> dict[str, str]:
+        """The checks `/readyz` adds to the database's and the broker's: consumers, held work."""
+        held = delivery_policy(self.broker).readiness()
+        return {"consumers": self.messaging_pending or "ok", "messages": held or "ok"}
+
     @asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
-        await self.broker.connect()
-        await self.broker.declare_exchange(self.topology.events)
-        await self.declare_dead_letters()
-        await self.broker.start()
+        messaging = self._messaging = asyncio.create_task(
+            self.start_messaging(), name=f"{self.name}-messaging")
         relay = asyncio.create_task(self.relay.run(), name=f"{self.name}-relay")
-        log.info("%s ready on http://%s:%d (docs at /docs)", self.name,
-                 self.settings.http_host, self.settings.port)
+        # With the broker up, the consumers run before the first request is served; with it
+        # down, the service serves (not ready) and its consumers start when the broker is back.
+        await asyncio.wait([messaging], timeout=_FIRST_CONNECT_WAIT_S)
+        log.info("%s serving on http://%s:%d (docs at /docs)%s", self.name,
+                 self.settings.http_host, self.settings.port,
+                 "" if messaging.done() else "; waiting for the broker")
         try:
             yield
         finally:
             # Stop taking messages first; in-flight ones finish and are acked (or are redelivered
             # if they cannot finish in the graceful timeout). Events they committed but the relay
             # had no time to send stay in the outbox and go out at the next start.
+            messaging.cancel()
+            await asyncio.gather(messaging, return_exceptions=True)
             await self.broker.stop()
             await self.relay.stop()
             await asyncio.gather(relay, return_exceptions=True)
@@ -120,7 +167,7 @@ class Runtime:
         # Added before the metrics middleware, so that wraps it and counts its 413s too.
         app.add_middleware(BodyLimit, default=self.settings.max_body_bytes, routes=body_limits)
         install_error_handlers(app, self.name)
-        app.include_router(ops_router(self.engine, self.broker))
+        app.include_router(ops_router(self.engine, self.broker, self.readiness))
         for router in routers:
             app.include_router(router)
 

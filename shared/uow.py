@@ -15,6 +15,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -29,6 +30,16 @@ from shared.domain import Aggregate, AuditFact, DomainEvent
 
 class Duplicate(Exception):
     """The message was already handled by this consumer; its effect exists once already."""
+
+
+class InboxConflict(Exception):
+    """A message id this consumer handled arrives again with a different body: never acted on."""
+
+
+# SHA-256 of the body of the message being handled, set by the delivery policy for each
+# delivery: the inbox keeps it, so that a known id with a different body is told apart from a
+# redelivery. None outside a message handler (and for rows written before it was kept).
+message_digest: ContextVar[bytes | None] = ContextVar("message_digest", default=None)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,9 @@ class Transaction:
         self.actor = actor
         self.correlation_id = correlation_id
         self.causation_id = causation_id
+        # The AMQP queue the sender asked answers on: every event of this unit of work is also
+        # sent there (the `reply_to` of the message being handled).
+        self.reply_to: str | None = None
         self._tracked: list[Aggregate] = []
         self._loose: list[DomainEvent] = []
 
@@ -90,18 +104,29 @@ class UnitOfWork(ABC, Generic[TX_co]):
         correlation_id: uuid.UUID | None = None,
         causation_id: uuid.UUID | None = None,
         inbox: tuple[str, str] | None = None,
+        reply_to: str | None = None,
     ) -> AbstractAsyncContextManager[TX_co]:
-        """One transaction; raises `Duplicate` if `inbox` (consumer, message_id) was handled."""
+        """One transaction; raises `Duplicate` if `inbox` (consumer, message_id) was handled.
+
+        `InboxConflict` if it was handled with another body. `reply_to`: a queue that gets a
+        copy of every event the transaction publishes.
+        """
 
 
 # The plumbing rows are plain SQL sent with `exec_driver_sql`: they are the per-message hot path,
 # and SQL that needs no compiling (prepared once per connection by the driver) costs a fraction
 # of building SQLAlchemy constructs for every message — while still running through
 # SQLAlchemy's connection, whose error handling discards a cancelled or disconnected session.
-_INBOX = (
-    "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) "
-    "ON CONFLICT DO NOTHING RETURNING 1"
+# One round trip: whether the row is new, and else the body digest the earlier one kept (the
+# sub-select reads the statement's snapshot, so it never sees the row this statement adds).
+_INBOX = """
+WITH new AS (
+    INSERT INTO inbox (consumer, message_id, body_sha256) VALUES ($1, $2, $3)
+    ON CONFLICT DO NOTHING RETURNING 1
 )
+SELECT EXISTS (SELECT FROM new),
+       (SELECT body_sha256 FROM inbox WHERE consumer = $1 AND message_id = $2)
+"""
 # Audit rows and outbox rows in one round trip; a statement-level trigger NOTIFYs the relay.
 _AUDIT_AND_OUTBOX = """
 WITH audit AS (
@@ -112,9 +137,10 @@ WITH audit AS (
                 $7::text[], $8::text[], $9::uuid[], $10::uuid[], $11::text[])
          AS t(a, r, act, et, eid, fs, ts, rs, c, cz, d)
 )
-INSERT INTO outbox (event_id, routing_key, correlation_id, body, headers)
-SELECT e, k, c, b, h::jsonb
-FROM unnest($12::uuid[], $13::text[], $14::uuid[], $15::text[], $16::text[]) AS t(e, k, c, b, h)
+INSERT INTO outbox (event_id, routing_key, correlation_id, body, headers, reply_to)
+SELECT e, k, c, b, h::jsonb, rt
+FROM unnest($12::uuid[], $13::text[], $14::uuid[], $15::text[], $16::text[], $17::text[])
+     AS t(e, k, c, b, h, rt)
 """
 
 TransactionFactory = Callable[..., TX]
@@ -152,12 +178,21 @@ class SqlAlchemyUnitOfWork(UnitOfWork[TX]):
         correlation_id: uuid.UUID | None = None,
         causation_id: uuid.UUID | None = None,
         inbox: tuple[str, str] | None = None,
+        reply_to: str | None = None,
     ) -> AsyncIterator[TX]:
         async with transaction(self.engine) as conn:
-            if inbox is not None and (await conn.exec_driver_sql(_INBOX, inbox)).first() is None:
-                raise Duplicate("{} already handled message {}".format(*inbox))
+            if inbox is not None:
+                digest = message_digest.get()
+                new, known = tuple((await conn.exec_driver_sql(_INBOX, (*inbox, digest))).one())
+                if not new:
+                    if known is not None and digest is not None and known != digest:
+                        raise InboxConflict(
+                            "{} already handled message {} with a different body: a message id "
+                            "names one message; send a new id for a new one".format(*inbox))
+                    raise Duplicate("{} already handled message {}".format(*inbox))
             tx = self._transaction(conn, actor=actor, correlation_id=correlation_id or uuid.uuid4(),
                                    causation_id=causation_id)
+            tx.reply_to = reply_to
             yield tx
             rows = self.rows_of(tx)
             if rows.audit or rows.outbox:
@@ -175,12 +210,12 @@ class SqlAlchemyUnitOfWork(UnitOfWork[TX]):
             if wire is not None:
                 # An event may name its own id (to be known before commit); else a new one.
                 rows.add_outbox(wire, self.producer, actor, tx.correlation_id, tx.causation_id,
-                                event_id=getattr(event, "event_id", None))
+                                event_id=getattr(event, "event_id", None), reply_to=tx.reply_to)
         return rows
 
 
 class PlumbingRows:
-    """Audit and outbox rows, as the 16 column arrays `_AUDIT_AND_OUTBOX` unnests."""
+    """Audit and outbox rows, as the 17 column arrays `_AUDIT_AND_OUTBOX` unnests."""
 
     def __init__(self) -> None:
         self.audit: list[tuple[Any, ...]] = []
@@ -196,7 +231,8 @@ class PlumbingRows:
 
     def add_outbox(self, wire: WireEvent, producer: str, actor: ActorLike,
                    correlation_id: uuid.UUID, causation_id: uuid.UUID | None,
-                   *, event_id: uuid.UUID | None = None) -> uuid.UUID:
+                   *, event_id: uuid.UUID | None = None,
+                   reply_to: str | None = None) -> uuid.UUID:
         event_id = event_id or uuid.uuid4()
         envelope = new_envelope(type=wire.type, producer=producer, data=wire.data, actor=actor,
                                 correlation_id=correlation_id, causation_id=causation_id,
@@ -206,12 +242,13 @@ class PlumbingRows:
         self.outbox.append((
             event_id, wire.type, correlation_id,
             json.dumps(envelope, separators=(",", ":"), default=str), json.dumps(headers),
+            reply_to,
         ))
         return event_id
 
     def columns(self) -> tuple[list[Any], ...]:
         audit = [list(column) for column in zip(*self.audit, strict=True)] or [[] for _ in range(11)]
-        outbox = [list(column) for column in zip(*self.outbox, strict=True)] or [[] for _ in range(5)]
+        outbox = [list(column) for column in zip(*self.outbox, strict=True)] or [[] for _ in range(6)]
         return (*audit, *outbox)
 
 

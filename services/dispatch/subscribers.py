@@ -19,7 +19,8 @@ def register(broker: RabbitBroker, topology: Topology, uow: DispatchUnitOfWork) 
     confirmed_queue = consumer_queue(topology, SERVICE, "order-confirmed")
     cancelled_queue = consumer_queue(topology, SERVICE, "order-cancelled")
 
-    @broker.subscriber(confirmed_queue, topology.events, title="dispatch/order.confirmed")
+    @broker.subscriber(confirmed_queue, topology.events, no_reply=True,
+                       title="dispatch/order.confirmed")
     async def on_order_confirmed(event: Envelope[OrderConfirmed]) -> None:
         """An order was confirmed: open its one dispatch."""
         order = event.data
@@ -39,7 +40,8 @@ def register(broker: RabbitBroker, topology: Topology, uow: DispatchUnitOfWork) 
             ),
         ), uow)
 
-    @broker.subscriber(cancelled_queue, topology.events, title="dispatch/order.cancelled")
+    @broker.subscriber(cancelled_queue, topology.events, no_reply=True,
+                       title="dispatch/order.cancelled")
     async def on_order_cancelled(event: Envelope[OrderCancelled]) -> None:
         """An order was cancelled: cancel its dispatch where the workflow lets the system."""
         await handle(CancelForOrder(

@@ -23,12 +23,14 @@ def register(broker: RabbitBroker, topology: Topology, uow: NotificationUnitOfWo
 
     # Loose envelopes: a payload this service does not understand yet is still worth keeping;
     # a broken envelope is dead-lettered with its reason.
-    @broker.subscriber(dispatch_queue, topology.events, title="notification/dispatch.#")
+    @broker.subscriber(dispatch_queue, topology.events, no_reply=True,
+                       title="notification/dispatch.#")
     async def on_dispatch_event(event: LooseEnvelope) -> None:
         """A dispatch was created, moved, held or corrected: keep the event for the rules."""
         await handle(_command(event, dispatch_queue.name), uow)
 
-    @broker.subscriber(order_queue, topology.events, title="notification/order.*")
+    @broker.subscriber(order_queue, topology.events, no_reply=True,
+                       title="notification/order.*")
     async def on_order_event(event: LooseEnvelope) -> None:
         """An order was received, rejected, confirmed or cancelled: keep the event."""
         await handle(_command(event, order_queue.name), uow)

@@ -49,6 +49,8 @@ class SubmitOrder:
     producer: str
     draft: OrderDraft
     confirm: bool = False
+    # The AMQP queue the sender named for answers: `order.received` (or `rejected`) goes there too.
+    reply_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class RejectSubmission:
     # What the submission still names, so that its answer lists every problem at once.
     customer_ref: str | None = None
     line_refs: Sequence[LineRef] = ()
+    reply_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ class PlacedOrder:
 async def submit_order(cmd: SubmitOrder, uow: OrderUnitOfWork) -> str:
     """Receive (and confirm), reject, or ignore as a repeat one submission; returns which."""
     async with uow.begin(actor=cmd.actor, correlation_id=cmd.correlation_id,
-                         causation_id=cmd.event_id, inbox=(cmd.consumer, str(cmd.event_id))) as tx:
+                         causation_id=cmd.event_id, inbox=(cmd.consumer, str(cmd.event_id)),
+                         reply_to=cmd.reply_to) as tx:
         draft = cmd.draft
         reasons = provenance_problems(cmd.source, cmd.producer)
         facts = await tx.orders.facts_for(draft)
@@ -171,7 +175,8 @@ async def submit_order(cmd: SubmitOrder, uow: OrderUnitOfWork) -> str:
 async def reject_submission(cmd: RejectSubmission, uow: OrderUnitOfWork) -> str:
     """Answer a contract-breaking submission with every problem it has, replicas included."""
     async with uow.begin(actor=cmd.actor, correlation_id=cmd.correlation_id,
-                         causation_id=cmd.event_id, inbox=(cmd.consumer, str(cmd.event_id))) as tx:
+                         causation_id=cmd.event_id, inbox=(cmd.consumer, str(cmd.event_id)),
+                         reply_to=cmd.reply_to) as tx:
         reasons = provenance_problems(cmd.source, cmd.producer) + list(cmd.problems)
         if cmd.customer_ref or cmd.line_refs:
             customer, products = await tx.replicas.lookup(

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import uuid
+from typing import Any
+
+import aio_pika
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
@@ -16,11 +22,15 @@ from services.order.handlers import (
     handle,
 )
 from services.order.unit_of_work import OrderUnitOfWork
-from shared.contracts.envelope import Envelope, LooseEnvelope
+from shared.contracts.envelope import Envelope, ExternalEnvelope
 from shared.contracts.erp import CustomerUpserted, ProductUpserted
 from shared.contracts.ext import OrderSubmitted, source_of
-from shared.messaging.delivery import PermanentError
+from shared.domain import Actor
+from shared.messaging.broker import delivery_policy
+from shared.messaging.delivery import PermanentError, event_routing_key
 from shared.messaging.topology import Topology, consumer_queue
+from shared.uow import Duplicate, InboxConflict
+from shared.workflow import SYSTEM
 
 SERVICE = "order"
 
@@ -31,17 +41,31 @@ def register(broker: RabbitBroker, topology: Topology, uow: OrderUnitOfWork) -> 
     customer_queue = consumer_queue(topology, SERVICE, "customer-upserted")
     product_queue = consumer_queue(topology, SERVICE, "product-upserted")
 
-    @broker.subscriber(submitted_queue, topology.events, title="order/ext.*.order.submitted")
-    async def on_order_submitted(event: LooseEnvelope, message: RabbitMessage) -> None:
+    @broker.subscriber(submitted_queue, topology.events, no_reply=True,
+                       title="order/ext.*.order.submitted")
+    async def on_order_submitted(event: ExternalEnvelope, message: RabbitMessage) -> None:
         """An outside system submitted an order: accept it, or answer why not."""
-        routing_key = message.raw_message.routing_key or ""
+        routing_key = event_routing_key(message.raw_message)
         source = source_of(routing_key)
         if source is None:
             # Nobody could match an answer to it: the dead-letter queue is where ops will look.
             raise PermanentError(f"routing key {routing_key!r} names no valid outside system")
-        await handle(submission(event, source, consumer=submitted_queue.name), uow)
+        await handle(submission(event, source, consumer=submitted_queue.name,
+                                reply_to=message.raw_message.reply_to), uow)
 
-    @broker.subscriber(customer_queue, topology.events, title="order/erp.customer.upserted")
+    async def answer_refused(raw: aio_pika.abc.AbstractIncomingMessage, body: Any,
+                             reason: str) -> None:
+        """A submission refused before it could be read is answered too, then dead-lettered."""
+        command = refusal(raw, body, reason, consumer=f"{submitted_queue.name}.refused")
+        if command is not None:
+            # Answered at an earlier delivery: it is dead-lettered again all the same.
+            with contextlib.suppress(Duplicate, InboxConflict):
+                await handle(command, uow)
+
+    delivery_policy(broker).answer_on(submitted_queue.name, answer_refused)
+
+    @broker.subscriber(customer_queue, topology.events, no_reply=True,
+                       title="order/erp.customer.upserted")
     async def on_customer_upserted(event: Envelope[CustomerUpserted]) -> None:
         """The ERP changed a customer: keep the replica orders are checked against."""
         data = event.data
@@ -51,7 +75,8 @@ def register(broker: RabbitBroker, topology: Topology, uow: OrderUnitOfWork) -> 
             customer_id=data.customer_id, name=data.name, active=data.active, version=data.version,
         ), uow)
 
-    @broker.subscriber(product_queue, topology.events, title="order/erp.product.upserted")
+    @broker.subscriber(product_queue, topology.events, no_reply=True,
+                       title="order/erp.product.upserted")
     async def on_product_upserted(event: Envelope[ProductUpserted]) -> None:
         """The ERP changed a product: keep the replica orders are checked against."""
         data = event.data
@@ -63,9 +88,51 @@ def register(broker: RabbitBroker, topology: Topology, uow: OrderUnitOfWork) -> 
         ), uow)
 
 
-def submission(event: LooseEnvelope, source: str, *, consumer: str) -> SubmitOrder | RejectSubmission:
+def system_actor(source: str) -> Actor:
+    """Who acts for a machine sender that named no actor: the system itself."""
+    return Actor(id=source, role=SYSTEM)
+
+
+def refusal(raw: aio_pika.abc.AbstractIncomingMessage, body: Any, reason: str, *,
+            consumer: str) -> RejectSubmission | None:
+    """The answer to a submission refused before its data was read; None if none can be sent.
+
+    Whatever the envelope still says is used (its ids, the order's `external_ref`); the
+    answer's inbox key is the envelope's `event_id`, else the AMQP `message_id`, else the
+    body's digest, so that a redelivery is answered once.
+    """
+    source = source_of(event_routing_key(raw))
+    if source is None:
+        return None
+    envelope = body if isinstance(body, dict) else {}
+    data = envelope.get("data")
+    external_ref = data.get("external_ref") if isinstance(data, dict) else None
+    producer = envelope.get("producer")
+    event_id = (_uuid(envelope.get("event_id")) or _uuid(raw.message_id)
+                or uuid.UUID(bytes=hashlib.sha256(raw.body).digest()[:16]))
+    return RejectSubmission(
+        event_id=event_id, consumer=consumer,
+        correlation_id=(_uuid(envelope.get("correlation_id")) or _uuid(raw.correlation_id)
+                        or uuid.uuid4()),
+        actor=system_actor(source), source=source,
+        producer=producer if isinstance(producer, str) else source,
+        external_ref=external_ref if isinstance(external_ref, str) else None,
+        problems=[reason], reply_to=raw.reply_to or None,
+    )
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def submission(event: ExternalEnvelope, source: str, *, consumer: str,
+               reply_to: str | None = None) -> SubmitOrder | RejectSubmission:
     """The command a submission's data makes: an order to take in, or a contract to answer."""
     data = event.data
+    actor = event.actor or system_actor(source)
     try:
         submitted = OrderSubmitted.model_validate(data)
     except ValidationError as exc:
@@ -73,10 +140,10 @@ def submission(event: LooseEnvelope, source: str, *, consumer: str) -> SubmitOrd
         customer_ref, line_refs = references_in(data)
         return RejectSubmission(
             event_id=event.event_id, consumer=consumer, correlation_id=event.correlation_id,
-            actor=event.actor, source=source, producer=event.producer,
+            actor=actor, source=source, producer=event.producer,
             external_ref=external_ref if isinstance(external_ref, str) else None,
             problems=readable_reasons(exc.errors(include_url=False), data),
-            customer_ref=customer_ref, line_refs=line_refs,
+            customer_ref=customer_ref, line_refs=line_refs, reply_to=reply_to or None,
         )
     draft = OrderDraft(
         customer_id=submitted.customer_id,
@@ -89,6 +156,6 @@ def submission(event: LooseEnvelope, source: str, *, consumer: str) -> SubmitOrd
     )
     return SubmitOrder(
         event_id=event.event_id, consumer=consumer, correlation_id=event.correlation_id,
-        actor=event.actor, source=source, producer=event.producer, draft=draft,
-        confirm=submitted.confirmed,
+        actor=actor, source=source, producer=event.producer, draft=draft,
+        confirm=submitted.confirmed, reply_to=reply_to or None,
     )

@@ -50,6 +50,12 @@ class LooseEnvelope(Envelope[dict[str, Any]]):
     """An envelope whose `data` is checked later, so that bad data can be answered, not dropped."""
 
 
+class ExternalEnvelope(LooseEnvelope):
+    """An outside system's envelope: a machine sender may leave `actor` out (the system acts)."""
+
+    actor: Actor | None = None  # type: ignore[assignment]
+
+
 def new_envelope(
     *,
     type: str,

@@ -10,8 +10,15 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 OUTBOX_CHANNEL = "spine_outbox"
 
 
-def plumbing_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
-    """Add `outbox`, `inbox` and `audit_log` to a service's metadata."""
+# v2: the inbox keeps each message's body digest, the outbox a queue to send answers to.
+LATEST = 2
+
+
+def plumbing_tables(
+    metadata: sa.MetaData, *, version: int = LATEST
+) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """Add `outbox`, `inbox` and `audit_log`, as plumbing `version` has them, to `metadata`."""
+    since_v2 = version >= 2
     outbox = sa.Table(
         "outbox",
         metadata,
@@ -26,6 +33,7 @@ def plumbing_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table
         sa.Column("sent_at", sa.DateTime(timezone=True)),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("last_error", sa.Text),
+        *([sa.Column("reply_to", sa.Text)] if since_v2 else []),
         sa.Index("ix_outbox_unsent", "id", postgresql_where=sa.text("sent_at IS NULL")),
     )
     inbox = sa.Table(
@@ -35,6 +43,7 @@ def plumbing_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table
         sa.Column("message_id", sa.Text, primary_key=True),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False,
                   server_default=sa.func.now()),
+        *([sa.Column("body_sha256", sa.LargeBinary)] if since_v2 else []),
     )
     audit_log = sa.Table(
         "audit_log",
@@ -91,10 +100,21 @@ _PLUMBING_DROP = [
 def upgrade_plumbing_v1(op: Any) -> None:
     """Create the v1 plumbing tables in a service's first migration (frozen: add v2, never edit)."""
     metadata = sa.MetaData(naming_convention=_naming())
-    for table in plumbing_tables(metadata):
+    for table in plumbing_tables(metadata, version=1):
         table.create(op.get_bind())
     for statement in _PLUMBING_DDL:
         op.execute(statement)
+
+
+def upgrade_plumbing_v2(op: Any) -> None:
+    """v1 → v2: the inbox's body digest (null for rows from before), the outbox's `reply_to`."""
+    op.add_column("inbox", sa.Column("body_sha256", sa.LargeBinary))
+    op.add_column("outbox", sa.Column("reply_to", sa.Text))
+
+
+def downgrade_plumbing_v2(op: Any) -> None:
+    op.drop_column("outbox", "reply_to")
+    op.drop_column("inbox", "body_sha256")
 
 
 def downgrade_plumbing_v1(op: Any) -> None:

@@ -2,9 +2,9 @@
 
 The broker's topic permissions already stop a user publishing outside its prefix; this check is
 the second lock, for a broker configured too loosely (development shares `guest`) or a message
-that reached a queue by another door (the default exchange). It runs before the handler, and a
-refusal is a `PermanentError`, so the delivery policy dead-letters the message at once with the
-reason in `x-spine-error`.
+that reached a queue by another door (the default exchange). The delivery policy
+(`shared.messaging.delivery`) runs it before any handler: a refusal is a `ProvenanceError`,
+dead-lettered at once with the reason in `x-spine-error`, and never answered.
 """
 
 from __future__ import annotations
@@ -13,17 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from faststream import BaseMiddleware
-
-from shared.messaging.delivery import PermanentError
 from shared.messaging.permissions import ANY, owner_of, prefixes_of
-from shared.messaging.topology import ROUTING_KEY_HEADER, Topology
 
 DEVELOPMENT_USERS: Mapping[str, str] = {"guest": ANY}
-
-
-class ProvenanceError(PermanentError):
-    """The message's sender may not publish its routing key: never acted on."""
 
 
 @dataclass(frozen=True)
@@ -69,43 +61,3 @@ def producer_refusal(routing_key: str, producer: Any) -> str | None:
         return (f"provenance: producer {producer!r} may not publish {routing_key} "
                 f"(only {owner!r} may)")
     return None
-
-
-class ProvenancePolicy:
-    """Broker middleware factory: refuses, before the handler runs, what `senders` may not send."""
-
-    def __init__(self, senders: Senders, topology: Topology) -> None:
-        self.senders = senders
-        # A dead letter was refused or failed already, and its copy carries no sender; only a
-        # test (or ops) reads it back, never a service's handler.
-        self.exempt = topology.dead_letters.name
-
-    def __call__(self, msg: Any, /, *, context: Any) -> _Provenance:
-        return _Provenance(msg, context=context, policy=self)
-
-
-class _Provenance(BaseMiddleware):
-    def __init__(self, msg: Any, /, *, context: Any, policy: ProvenancePolicy) -> None:
-        super().__init__(msg, context=context)
-        self.senders = policy.senders
-        self.exempt = policy.exempt
-
-    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        raw = msg.raw_message
-        if raw.exchange == self.exempt:
-            return await call_next(msg)
-        routing_key = raw.routing_key or ""
-        if not raw.exchange:
-            # A replay comes through the default exchange, addressed to the queue: the event's
-            # own key is in the header the dead-lettering kept.
-            header = (raw.headers or {}).get(ROUTING_KEY_HEADER)
-            routing_key = header.decode() if isinstance(header, bytes) else str(header or "")
-        reason = self.senders.sender_refusal(raw.user_id, routing_key)
-        if reason is None:
-            # Decoded once: FastStream caches the body for the handler's own parsing.
-            body = await msg.decode()
-            producer = body.get("producer") if isinstance(body, dict) else None
-            reason = producer_refusal(routing_key, producer)
-        if reason is not None:
-            raise ProvenanceError(reason)
-        return await call_next(msg)

@@ -25,7 +25,7 @@ log = logging.getLogger("spine.relay")
 # the service) skips them instead of publishing them twice. Rows that already failed in this
 # pass ($2) are passed over, so that they cannot hold back the events behind them.
 _CLAIM = """
-SELECT id, event_id, routing_key, correlation_id, body, headers
+SELECT id, event_id, routing_key, correlation_id, body, headers, reply_to
 FROM outbox WHERE sent_at IS NULL AND NOT (id = ANY($2::bigint[]))
 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
 """
@@ -174,19 +174,23 @@ class OutboxRelay:
         # Straight through aio-pika: half the CPU of a FastStream publish per event. The stored
         # `traceparent` is the span that emitted the event, so the consumer's span continues the
         # order journey's trace without a publish span between.
-        await exchange.publish(
-            aio_pika.Message(
-                row["body"].encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=str(row["event_id"]),
-                correlation_id=str(row["correlation_id"]),
-                headers=carrier,
-                user_id=self.user_id,
-            ),
-            routing_key=row["routing_key"],
-            mandatory=True,
+        message = aio_pika.Message(
+            row["body"].encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(row["event_id"]),
+            correlation_id=str(row["correlation_id"]),
+            headers=carrier,
+            user_id=self.user_id,
         )
+        await exchange.publish(message, routing_key=row["routing_key"], mandatory=True)
+        if row["reply_to"] and self._channel is not None:
+            # A copy for the queue the cause named, through the default exchange. Not
+            # mandatory: a sender that stopped listening must not hold the event back, and the
+            # copy on the events exchange is the one kept.
+            await self._channel.default_exchange.publish(
+                message, routing_key=row["reply_to"], mandatory=False
+            )
 
     async def _events_exchange(self) -> aio_pika.abc.AbstractExchange:
         """The events exchange on the relay's one confirm-mode channel, whose returns raise.

@@ -16,13 +16,19 @@ QUEUE_HEADER = "x-spine-queue"
 ROUTING_KEY_HEADER = "x-spine-routing-key"
 DEAD_LETTERED_AT_HEADER = "x-spine-dead-lettered-at"
 
+# The queues' x-delivery-limit: deliveries that no consumer settled (it died or lost its
+# connection; consumers never requeue) before the broker dead-letters the message itself.
+# High, because every crash and broker restart counts against it; low enough that a message
+# that kills its consumer stops doing so.
+DEFAULT_DELIVERY_LIMIT = 20
+
 
 @dataclass(frozen=True)
 class Topology:
     """`{namespace}.events` (topic), `{namespace}.dlx` (direct), and per-purpose quorum queues."""
 
     namespace: str = "spine"
-    delivery_limit: int = 5
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     # False where the services' broker users have no configure rights (production): they then
     # only check, passively, that `spine topology declare` made what they use, and bind to it.
     declare: bool = True

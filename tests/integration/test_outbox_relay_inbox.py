@@ -49,6 +49,8 @@ from tests.integration.widget_schema import (
 SERVICE = "testsvc"
 ACTOR = Actor(id="u-1042", role="planner")
 DELIVERY_LIMIT = 3
+# Attempts a handler gets for a failure that is neither an outage nor permanent.
+RETRY_LIMIT = 3
 # The queues this file's subscribers consume, by purpose: its row of `CONSUMER_QUEUES`.
 QUEUES = {"widgets": "widget.#", "p": "t.#"}
 
@@ -104,7 +106,7 @@ async def new_broker(
         # No provenance check: the widget plumbing's routing keys belong to no Spine producer.
         broker = make_broker(servers.amqp_url, service=SERVICE, topology=topology, prefetch=16,
                              queues=[queue_for(topology, purpose) for purpose in QUEUES],
-                             senders=None)
+                             senders=None, retry_limit=RETRY_LIMIT, hold_max_s=0.3)
         made.append(broker)
         return broker
 
@@ -585,7 +587,7 @@ async def dead_letters_in(broker: RabbitBroker, topology: Topology, purpose: str
 class Thing(Contract):
     thing_id: str = Field(min_length=1)
     quantity: int = Field(gt=0)
-    mode: Literal["ok", "fail_once", "always_fail"] = "ok"
+    mode: Literal["ok", "fail_once", "always_fail", "outage"] = "ok"
 
 
 @dataclass
@@ -614,7 +616,9 @@ async def policy_consumer(
         if event.data.mode == "always_fail":
             raise RuntimeError("the widget press is jammed")
         if event.data.mode == "fail_once" and attempts[msg.message_id] == 1:
-            raise ConnectionError("database restarting")
+            raise RuntimeError("a glitch")
+        if event.data.mode == "outage" and attempts[msg.message_id] <= OUTAGE_ATTEMPTS:
+            raise ConnectionRefusedError("database restarting")
         await handle_widget_message(uow, "p", msg.message_id)
 
     await declare_dead_letters(broker, topology)
@@ -625,6 +629,9 @@ async def policy_consumer(
 
     async def publish(body: bytes | dict[str, Any], *, message_id: str,
                       content_type: str = "application/json", replayed: bool = False) -> None:
+        if isinstance(body, dict) and "event_id" in body:
+            # The wire contract: AMQP message_id = the envelope's event_id.
+            body = {**body, "event_id": message_id}
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         # A replay (`spine dlq replay`) goes straight to the queue through the default exchange.
         to, routing_key = (
@@ -637,6 +644,11 @@ async def policy_consumer(
         )
 
     return PolicyConsumer(queue_name, await Recorder(dlq).start(), attempts, publish)
+
+
+# Message ids of envelopes must be their event ids, which are UUIDs: these name them.
+ID = {name: str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+      for name in ("bad-data-1", "jammed-1", "flaky-1", "outage-1")}
 
 
 def thing(**data: Any) -> dict[str, Any]:
@@ -685,14 +697,14 @@ async def test_a_replayed_message_that_is_still_broken_returns_to_its_own_queues
 async def test_a_body_that_breaks_the_envelope_contract_is_dead_lettered_at_once_with_its_reason(
     policy_consumer: PolicyConsumer,
 ) -> None:
-    await policy_consumer.publish(thing(thing_id="t-1", quantity=0), message_id="bad-data-1")
+    await policy_consumer.publish(thing(thing_id="t-1", quantity=0), message_id=ID["bad-data-1"])
     broken = thing(thing_id="t-2", quantity=1)
     del broken["event_id"]
     await policy_consumer.publish(broken, message_id="bad-envelope-1")
 
     dead = {m.message_id: m for m in await policy_consumer.dead_letters.wait_for(2)}
-    assert set(dead) == {"bad-data-1", "bad-envelope-1"}
-    bad_data = reason_of(dead["bad-data-1"])
+    assert set(dead) == {ID["bad-data-1"], "bad-envelope-1"}
+    bad_data = reason_of(dead[ID["bad-data-1"]])
     assert bad_data.startswith("contract violation: ") and "quantity" in bad_data, bad_data
     bad_envelope = reason_of(dead["bad-envelope-1"])
     assert bad_envelope.startswith("contract violation: ") and "event_id" in bad_envelope
@@ -701,18 +713,20 @@ async def test_a_body_that_breaks_the_envelope_contract_is_dead_lettered_at_once
     assert sum(policy_consumer.attempts.values()) == 0, "the handler must never see them"
 
 
-async def test_a_handler_that_keeps_failing_is_dead_lettered_after_the_delivery_limit(
+async def test_a_handler_that_keeps_failing_is_dead_lettered_after_its_retry_limit(
     policy_consumer: PolicyConsumer, engine: AsyncEngine
 ) -> None:
     await policy_consumer.publish(thing(thing_id="t-1", quantity=1, mode="always_fail"),
-                                  message_id="jammed-1")
+                                  message_id=ID["jammed-1"])
 
     [dead] = await policy_consumer.dead_letters.wait_for(1, timeout=15)
-    assert dead.message_id == "jammed-1"
+    assert dead.message_id == ID["jammed-1"]
     reason = reason_of(dead)
-    assert reason.startswith(f"gave up after {DELIVERY_LIMIT} attempts"), reason
+    assert reason.startswith(f"gave up after {RETRY_LIMIT} attempts"), reason
     assert "the widget press is jammed" in reason
-    assert policy_consumer.attempts["jammed-1"] == DELIVERY_LIMIT
+    assert policy_consumer.attempts[ID["jammed-1"]] == RETRY_LIMIT
+    # Retried in the process, never requeued: the broker's own count stays at the first delivery.
+    assert "x-delivery-count" not in (dead.headers or {})
     await policy_consumer.dead_letters.assert_no_more_than(1, settle=0.5)
     assert await scalar(engine, "SELECT count(*) FROM widget") == 0
 
@@ -721,12 +735,26 @@ async def test_a_handler_that_fails_once_then_succeeds_has_one_effect_and_no_dea
     policy_consumer: PolicyConsumer, engine: AsyncEngine
 ) -> None:
     await policy_consumer.publish(thing(thing_id="t-1", quantity=1, mode="fail_once"),
-                                  message_id="flaky-1")
+                                  message_id=ID["flaky-1"])
 
     await eventually(lambda: scalar(engine, "SELECT count(*) = 1 FROM widget"))
     await policy_consumer.dead_letters.assert_no_more_than(0, settle=0.8)
-    assert policy_consumer.attempts["flaky-1"] == 2
+    assert policy_consumer.attempts[ID["flaky-1"]] == 2
     assert await scalar(engine, "SELECT count(*) FROM widget") == 1
+
+
+OUTAGE_ATTEMPTS = 3 * (DELIVERY_LIMIT + RETRY_LIMIT)
+
+
+async def test_a_message_whose_dependency_is_down_is_held_past_every_limit_and_then_handled(
+    policy_consumer: PolicyConsumer, engine: AsyncEngine
+) -> None:
+    await policy_consumer.publish(thing(thing_id="t-1", quantity=1, mode="outage"),
+                                  message_id=ID["outage-1"])
+
+    await eventually(lambda: scalar(engine, "SELECT count(*) = 1 FROM widget"), timeout=30)
+    assert policy_consumer.attempts[ID["outage-1"]] == OUTAGE_ATTEMPTS + 1
+    await policy_consumer.dead_letters.assert_no_more_than(0, settle=0.5)
 
 
 async def test_the_queue_itself_dead_letters_a_rejected_message_and_one_past_its_delivery_limit(

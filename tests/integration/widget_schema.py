@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.engine import new_metadata
-from shared.db.plumbing import plumbing_tables, upgrade_plumbing_v1
+from shared.db.plumbing import plumbing_tables, upgrade_plumbing_v1, upgrade_plumbing_v2
 from shared.domain import AuditFact, DomainEvent
 from shared.uow import ConnTransaction, SqlAlchemyUnitOfWork, WireEvent
 
@@ -30,8 +30,10 @@ WIDGET = sa.Table(
 
 
 def create_schema(sync_conn: Connection) -> None:
-    """What a service's first Alembic revision does, plus the test's own business table."""
-    upgrade_plumbing_v1(Operations(MigrationContext.configure(sync_conn)))
+    """What a service's plumbing revisions do, plus the test's own business table."""
+    ops = Operations(MigrationContext.configure(sync_conn))
+    upgrade_plumbing_v1(ops)
+    upgrade_plumbing_v2(ops)
     WIDGET.create(sync_conn)
 
 

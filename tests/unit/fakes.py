@@ -67,6 +67,8 @@ class FakeUnitOfWork(UnitOfWork[TX]):
         self.inbox: set[tuple[str, str]] = set()
         self.audit: list[tuple[ActorLike, AuditFact]] = []
         self.published: list[tuple[ActorLike, uuid.UUID, WireEvent]] = []
+        # (reply_to queue, event type) of every event also sent to a sender's reply queue.
+        self.replies: list[tuple[str, str]] = []
         self.commits = 0
 
     @asynccontextmanager
@@ -77,6 +79,7 @@ class FakeUnitOfWork(UnitOfWork[TX]):
         correlation_id: uuid.UUID | None = None,
         causation_id: uuid.UUID | None = None,
         inbox: tuple[str, str] | None = None,
+        reply_to: str | None = None,
     ) -> AsyncIterator[TX]:
         if inbox is not None and inbox in self.inbox:
             raise Duplicate("{} already handled message {}".format(*inbox))
@@ -96,6 +99,8 @@ class FakeUnitOfWork(UnitOfWork[TX]):
             wire = self._to_wire(event)
             if wire is not None:
                 self.published.append((who, tx.correlation_id, wire))
+                if reply_to:
+                    self.replies.append((reply_to, wire.type))
         for store in tx.stores:
             store.commit()
         if inbox is not None:

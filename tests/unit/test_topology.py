@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from faststream.rabbit import RabbitBroker
 from faststream.rabbit.subscriber import RabbitSubscriber
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -26,7 +25,7 @@ TOPOLOGY = Topology("unit")
 def test_each_service_subscribes_to_exactly_the_queues_the_table_lists(service: str) -> None:
     # The runtime declares dead-letter queues, and the delivery policy names queues, from the
     # table: a subscriber on a queue the table does not list would have neither.
-    broker = RabbitBroker()
+    broker = make_broker("amqp://unused/", service=service, topology=TOPOLOGY, prefetch=1)
     engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")  # never used
     unit_of_work = importlib.import_module(f"services.{service}.unit_of_work")
     subscribers = importlib.import_module(f"services.{service}.subscribers")

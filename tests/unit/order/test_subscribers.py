@@ -50,10 +50,18 @@ class Harness:
 
     async def publish(self, routing_key: str, body: bytes | dict[str, Any]) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        message_id = body["event_id"] if isinstance(body, dict) else str(uuid.uuid4())
+        message_id = body["event_id"] if isinstance(body, dict) else _event_id(raw)
         await self.broker.publish(raw, exchange=TOPOLOGY.events, routing_key=routing_key,
                                   message_id=message_id, content_type="application/json",
                                   user_id="guest")
+
+
+def _event_id(raw: bytes) -> str:
+    """The envelope's id where the bytes still have one (AMQP message_id = event_id), else new."""
+    try:
+        return str(json.loads(raw)["event_id"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return str(uuid.uuid4())
 
 
 async def _raw(message: Any) -> bytes:
@@ -115,15 +123,81 @@ async def test_an_invalid_order_is_answered_with_order_rejected_and_readable_rea
 @pytest.mark.parametrize(("body", "reason"), [
     (b"\x00\xffnot json at all", "body is not JSON"),
     (json.dumps({"type": "ext.webshop.order.submitted"}).encode(), "contract violation"),
+    (json.dumps({**envelope("ext.webshop.order.submitted", SUBMISSION), "version": 2}).encode(),
+     "envelope version 2 is not supported"),
+    (json.dumps(envelope("ext.webshop.order.cancelled", SUBMISSION)).encode(),
+     "differs from its routing key"),
+    (json.dumps({**envelope("ext.webshop.order.submitted", SUBMISSION), "actor": 7}).encode(),
+     "actor"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
 ])
-async def test_a_message_that_is_no_envelope_is_dead_lettered_with_its_reason(
+async def test_a_broken_envelope_is_answered_and_dead_lettered_with_its_reason(
     harness: Harness, body: bytes, reason: str,
 ) -> None:
     await harness.publish("ext.webshop.order.submitted", body)
 
-    assert not harness.stores.orders.rows and not harness.uow.published
+    assert not harness.stores.orders.rows
+    [(actor, _, answer)] = harness.uow.published
+    assert answer.type == "order.rejected" and (actor.id, actor.role) == ("webshop", "system")
+    assert answer.data["source"] == "webshop"
+    assert any(reason in line for line in answer.data["reasons"]), answer.data["reasons"]
     [headers] = harness.dead
     assert headers[QUEUE_HEADER] == SUBMITTED_QUEUE and reason in headers[ERROR_HEADER]
+
+
+async def test_a_redelivered_broken_envelope_is_answered_once_and_dead_lettered_again(
+    harness: Harness,
+) -> None:
+    body = json.dumps({**envelope("ext.webshop.order.submitted", SUBMISSION), "version": 3})
+    for _ in range(2):
+        await harness.publish("ext.webshop.order.submitted", body.encode())
+
+    assert harness.uow.published_types() == ["order.rejected"]
+    assert len(harness.dead) == 2
+
+
+async def test_a_machine_sender_may_leave_the_actor_out_and_then_the_system_acts(
+    harness: Harness,
+) -> None:
+    for actor in ("missing", None):
+        body = envelope("ext.webshop.order.submitted",
+                        {**SUBMISSION, "external_ref": f"WS-{actor}"})
+        if actor == "missing":
+            del body["actor"]
+        else:
+            body["actor"] = None
+        await harness.publish("ext.webshop.order.submitted", body)
+
+    assert not harness.dead
+    assert harness.uow.published_types() == ["order.received", "order.received"]
+    assert {(who.id, who.role) for who, _, _ in harness.uow.published} == {("webshop", "system")}
+
+
+async def test_answers_also_go_to_the_reply_to_queue_the_sender_named(harness: Harness) -> None:
+    good = envelope("ext.webshop.order.submitted", SUBMISSION)
+    bad = envelope("ext.webshop.order.submitted", {**SUBMISSION, "external_ref": "WS-2",
+                                                    "lines": []})
+    for body in (good, bad):
+        await harness.broker.publish(json.dumps(body).encode(), exchange=TOPOLOGY.events,
+                                     routing_key="ext.webshop.order.submitted",
+                                     message_id=body["event_id"], user_id="guest",
+                                     content_type="application/json", reply_to="webshop.answers")
+
+    # Only Spine's answers: FastStream's own reply (the handler's return value) is switched off.
+    assert not harness.dead
+    assert harness.uow.replies == [("webshop.answers", "order.received"),
+                                   ("webshop.answers", "order.rejected")]
+
+
+async def test_a_sender_speaking_for_another_system_is_dead_lettered_and_not_answered(
+    harness: Harness,
+) -> None:
+    await harness.publish("ext.webshop.order.submitted",
+                          envelope("ext.webshop.order.submitted", SUBMISSION, producer="mes"))
+
+    assert not harness.uow.published
+    [headers] = harness.dead
+    assert "provenance" in headers[ERROR_HEADER]
 
 
 async def test_a_submission_whose_routing_key_names_no_valid_system_is_dead_lettered(
