@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -64,9 +65,8 @@ class RunResult:
 
     def summary(self) -> str:
         drain = "drained" if self.drained else f"NOT drained within {DRAIN_TIMEOUT_S:.0f} s"
-        verdict = "PASS" if self.ok else "FAIL"
-        return (f"chaos run {verdict} (seed {self.config.seed}, {drain}; "
-                f"logs in {self.log_dir})\n{self.report.summary()}")
+        verdict = "PASS" if self.ok else f"FAIL (history and logs in {self.log_dir})"
+        return f"chaos run {verdict}, seed {self.config.seed}, {drain}\n{self.report.summary()}"
 
 
 def say(text: str) -> None:
@@ -80,6 +80,7 @@ async def chaos_run(config: RunConfig, progress: Callable[[str], None] = say) ->
     work = Path(tempfile.mkdtemp(prefix="spine-chaos-"))
     rabbit, postgres = PrivateRabbit(), PrivatePostgres()
     stack: IsolatedStack | None = None
+    result: RunResult | None = None
     try:
         await asyncio.gather(asyncio.to_thread(rabbit.start), asyncio.to_thread(postgres.start))
         progress(f"private servers up: RabbitMQ {rabbit.node} on {rabbit.port}, "
@@ -126,13 +127,15 @@ async def chaos_run(config: RunConfig, progress: Callable[[str], None] = say) ->
         for name, exits in sorted(supervisor.unexpected_exits.items()):
             report.add("services that exited by themselves", f"{name}: {exits} time(s)")
         history.dump(work / "history.jsonl")
-        logs = stack.log_text()
-        return RunResult(config, history, report, drained, work, logs)
+        result = RunResult(config, history, report, drained, work, stack.log_text())
+        return result
     finally:
         if stack is not None:
             await stack.stop(grace_s=20.0)
         await asyncio.to_thread(rabbit.destroy)
         await asyncio.to_thread(postgres.destroy)
+        if result is not None and result.ok and not config.keep:
+            shutil.rmtree(work, ignore_errors=True)  # a failed run keeps its history and logs
 
 
 async def _replicas_fed(stack: IsolatedStack, timeout: float = 60.0) -> None:
@@ -224,13 +227,15 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                         help="RabbitMQ node SIGKILLs, each started again (0)")
     parser.add_argument("--pg-restarts", type=int, default=0,
                         help="PostgreSQL restarts in immediate mode (0)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the history and the services' logs even when the run passes")
     parser.add_argument("--http-share", type=float, default=0.3,
                         help="share of orders submitted over HTTP, the rest by AMQP (0.3)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     return RunConfig(orders=args.orders, rate=args.rate, seed=seed, kills_per_service=args.kills,
                      rabbit_graceful=args.rabbit_graceful, rabbit_kills=args.rabbit_kills,
-                     pg_restarts=args.pg_restarts, http_share=args.http_share)
+                     pg_restarts=args.pg_restarts, http_share=args.http_share, keep=args.keep)
 
 
 def main(argv: list[str] | None = None) -> int:

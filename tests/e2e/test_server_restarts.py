@@ -24,10 +24,6 @@ pytestmark = [
     pytest.mark.timeout(400),
 ]
 
-# Services that hold transient failures instead of spending the delivery limit (issue 6, part
-# 0). Until then a PostgreSQL restart dead-letters what arrives meanwhile: 22 of 400 orders in
-# a 3.7 s outage at 20/s ("gave up after 5 attempts: ConnectionRefusedError").
-NEEDS_PART_0 = "needs part 0"
 
 
 def seed() -> int:
@@ -56,6 +52,5 @@ async def test_a_killed_broker_started_again_during_a_flow_loses_and_doubles_not
     assert_healed(await flow_through(rabbit_kills=1), "rabbit-kill")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_PART_0)
 async def test_an_immediate_database_restart_during_a_flow_loses_and_doubles_nothing() -> None:
     assert_healed(await flow_through(pg_restarts=1), "pg-immediate")
