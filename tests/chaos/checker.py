@@ -128,6 +128,7 @@ async def check(history: History, stack: IsolatedStack) -> Report:
     dispatches = await _fetch(dispatch_dsn, "SELECT id::text, order_id, status, version FROM dispatch")
     _check_orders(history, orders, report)
     _check_dispatches(orders, dispatches, report)
+    _check_walks(history, dispatches, report)
     await _check_audit(order_dsn, dispatch_dsn, orders, dispatches, report)
     await _check_deliveries(history, stack, report)
     await _check_queues(stack, report)
@@ -137,10 +138,10 @@ async def check(history: History, stack: IsolatedStack) -> Report:
         "operations": history.counts(),
         "orders": len(orders), "dispatches": len(dispatches),
         "resent under a new message id": sum(op.resent for op in ops),
-        "HTTP attempts beyond one per call": sum(max(0, op.attempts - 2) for op in ops
-                                                 if op.channel == "http"),
-        "AMQP publishes retried": sum(op.attempts > 1 + op.resent for op in ops
-                                      if op.channel == "amqp"),
+        "dispatches walked to picking": sum(op.walk == "ok" for op in ops),
+        "walks left indeterminate": sum(op.walk == "indeterminate" for op in ops),
+        "retries": {channel: sum(op.retries for op in ops if op.channel == channel)
+                    for channel in ("amqp", "http")},
     })
     return report
 
@@ -186,6 +187,21 @@ def _check_dispatches(orders: list[asyncpg.Record], dispatches: list[asyncpg.Rec
     for order_id, status in status_of.items():
         if status == "confirmed" and per_order[order_id] == 0:
             report.add("lost dispatches", f"confirmed order {order_id} has no dispatch")
+
+
+def _check_walks(history: History, dispatches: list[asyncpg.Record], report: Report) -> None:
+    """A dispatch walked to `picking` is there; one whose walk went unanswered is on the way."""
+    status_of = {row["id"]: row["status"] for row in dispatches}
+    for op in history.operations:
+        if op.walk is None or op.dispatch_id is None:
+            continue
+        status = status_of.get(op.dispatch_id)
+        if op.walk == "failed":
+            report.add("refused transitions", f"{op.dispatch_id}: {op.detail}")
+        elif op.walk == "ok" and status != "picking":
+            report.add("lost transitions", f"{op.dispatch_id} was moved to picking, is {status}")
+        elif status not in ("pending", "released", "picking"):
+            report.add("lost transitions", f"{op.dispatch_id} on its way to picking is {status}")
 
 
 async def _check_audit(order_dsn: str, dispatch_dsn: str, orders: list[asyncpg.Record],

@@ -4,7 +4,10 @@ Each operation is what a plant system or a person at a screen would do, includin
 they would make: an outside system resends the same message (same `message_id`) until the
 broker confirms it, and sometimes sends the same order again under a new message id; an HTTP
 client retries `POST /orders` with the same `Idempotency-Key` after a dropped connection or a
-5xx, then confirms. The history records, for every operation, whether it ended `ok` (the
+5xx, then confirms. Some accepted orders' dispatches are then walked on, over HTTP, to `picking` (a planner
+releases it, the warehouse starts picking), with `If-Match` and the same retries; a retry
+refused as stale is looked up, since the first try may have been the one that went through.
+The history records, for every operation, whether it ended `ok` (the
 system said yes), `failed` (the system said no) or `indeterminate` (it never answered) — the
 checker judges the databases against it.
 """
@@ -45,9 +48,12 @@ class Operation:
     outcome: Outcome = "indeterminate"
     detail: str = ""
     attempts: int = 0
+    retries: int = 0  # requests and publishes sent again after no answer, a 5xx or a drop
     message_ids: list[str] = field(default_factory=list)  # every envelope sent (AMQP)
     order_id: str | None = None  # as the HTTP answer named it
     resent: bool = False  # AMQP: sent again under a new message id, as a confused system would
+    walk: Outcome | None = None  # its dispatch moved on to `picking` by people over HTTP
+    dispatch_id: str | None = None
     started_at: float = 0.0
     ended_at: float = 0.0
 
@@ -89,12 +95,15 @@ def catalogue() -> tuple[list[str], list[tuple[str, str]]]:
 class LoadDriver:
     """Submits `orders` orders at `rate` a second; `history` holds the outcome of each."""
 
-    def __init__(self, *, amqp_url: str, namespace: str, order_url: str, secret: str,
-                 orders: int, rate: float, seed: int, http_share: float = 0.3,
-                 resend_share: float = 0.05, concurrency: int = 64) -> None:
+    def __init__(self, *, amqp_url: str, namespace: str, order_url: str, dispatch_url: str,
+                 secret: str, orders: int, rate: float, seed: int, http_share: float = 0.3,
+                 resend_share: float = 0.05, walk_share: float = 0.2,
+                 concurrency: int = 64) -> None:
         self.amqp_url = amqp_url
         self.namespace = namespace
         self.order_url = order_url
+        self.dispatch_url = dispatch_url
+        self.walk_share = walk_share
         self.orders = orders
         self.rate = rate
         self.rng = random.Random(seed)  # the plan: which channel, which order resent
@@ -103,7 +112,10 @@ class LoadDriver:
         self.resend_share = resend_share
         self.history = History(seed)
         self.run_id = f"{seed:x}-{uuid.uuid4().hex[:6]}"
-        self._token = JwtVerifier(secret).issue("chaos-sales", ["sales"])
+        verifier = JwtVerifier(secret)
+        self._token = verifier.issue("chaos-sales", ["sales"])
+        self._tokens = {"released": verifier.issue("chaos-planner", ["planner"]),
+                        "picking": verifier.issue("chaos-warehouse", ["warehouse"])}
         self._slots = asyncio.Semaphore(concurrency)
         self._customers, self._products = catalogue()
 
@@ -134,6 +146,7 @@ class LoadDriver:
         channel: Literal["amqp", "http"] = "http" if self.rng.random() < self.http_share else "amqp"
         op = Operation(n=n, channel=channel, external_ref=f"CH-{self.run_id}-{n:06d}")
         op.resent = channel == "amqp" and self.rng.random() < self.resend_share
+        op.walk = "indeterminate" if self.rng.random() < self.walk_share else None
         return op
 
     def _order(self, op: Operation) -> dict[str, Any]:
@@ -160,6 +173,11 @@ class LoadDriver:
                 await self._submit_amqp(op, connection)
             else:
                 await self._submit_http(op, client)
+            if op.walk is not None:
+                if op.outcome == "ok":
+                    await self._walk(op, client)
+                else:
+                    op.walk = None
         except Exception as exc:  # a bug in the driver must show in the history, not vanish
             op.outcome, op.detail = "indeterminate", f"driver: {exc!r}"
         finally:
@@ -198,6 +216,7 @@ class LoadDriver:
                         await channel.close()
                 return "ok"
             except Exception as exc:  # connection lost, nack, timeout: unknown, so resend
+                op.retries += 1
                 op.detail = f"{exc.__class__.__name__}: {exc}"[:300]
                 await asyncio.sleep(0.5 + self._jitter.random())
         return "indeterminate"
@@ -207,6 +226,7 @@ class LoadDriver:
         created = await self._call(op, client, "POST", "/orders", json=self._order(op),
                                    headers=headers)
         if created is None:
+            op.outcome = "indeterminate"
             return
         if created.status_code != 201:
             op.outcome, op.detail = "failed", f"POST /orders: {created.status_code} {created.text[:200]}"
@@ -215,6 +235,7 @@ class LoadDriver:
         confirmed = await self._call(op, client, "POST", f"/orders/{op.order_id}/confirm",
                                      headers={"Authorization": f"Bearer {self._token}"})
         if confirmed is None:
+            op.outcome = "indeterminate"
             return
         if confirmed.status_code == 200:
             op.outcome = "ok"
@@ -242,6 +263,52 @@ class LoadDriver:
                 if response.status_code < 500:
                     return response
                 op.detail = f"{method} {path}: {response.status_code} {response.text[:200]}"
+            op.retries += 1
             await asyncio.sleep(0.5 + self._jitter.random())
-        op.outcome = "indeterminate"
+        return None
+
+    async def _walk(self, op: Operation, client: httpx.AsyncClient) -> None:
+        """pending → released → picking, as a planner and then the warehouse would."""
+        dispatch = await self._dispatch_of(op, client)
+        if dispatch is None:
+            op.detail = f"walk: no dispatch to walk ({op.detail})"
+            return
+        op.dispatch_id, version = dispatch["id"], dispatch["version"]
+        for target in ("released", "picking"):
+            auth = {"Authorization": f"Bearer {self._tokens[target]}"}
+            path = f"{self.dispatch_url}/dispatches/{op.dispatch_id}"
+            moved = await self._call(op, client, "POST", f"{path}/transitions", json={"to": target},
+                                     headers={**auth, "If-Match": f'"{version}"'})
+            if moved is None:
+                return  # indeterminate
+            if moved.status_code == 200:
+                version = moved.json()["version"]
+                continue
+            # Stale or not allowed: after a lost answer, the first try may have moved it already.
+            seen = await self._call(op, client, "GET", path, headers=auth)
+            if seen is None:
+                return
+            if seen.status_code != 200 or seen.json()["status"] != target:
+                op.walk, op.detail = "failed", f"walk to {target}: {moved.status_code} {moved.text[:200]}"
+                return
+            version = seen.json()["version"]
+        op.walk = "ok"
+
+    async def _dispatch_of(self, op: Operation, client: httpx.AsyncClient) -> dict[str, Any] | None:
+        """The dispatch of an accepted order, once the dispatch service has made it."""
+        auth = {"Authorization": f"Bearer {self._tokens['released']}"}
+        deadline = time.monotonic() + GIVE_UP_S
+        while time.monotonic() < deadline:
+            if op.order_id is None:
+                found = await self._call(op, client, "GET", "/orders",
+                                         headers={"Authorization": f"Bearer {self._token}"},
+                                         params={"source": SYSTEM, "external_ref": op.external_ref})
+                if found is not None and found.status_code == 200 and found.json():
+                    op.order_id = found.json()[0]["id"]
+            if op.order_id is not None:
+                listed = await self._call(op, client, "GET", f"{self.dispatch_url}/dispatches",
+                                          headers=auth, params={"order_id": op.order_id})
+                if listed is not None and listed.status_code == 200 and listed.json():
+                    return dict(listed.json()[0])
+            await asyncio.sleep(0.5 + self._jitter.random())
         return None

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ from shared.stack import IsolatedStack, StackError
 from tests.chaos.checker import Report, check, queue_depths
 from tests.chaos.driver import History, LoadDriver
 from tests.chaos.schedule import FaultPlan, Supervisor
-from tests.chaos.servers import PrivatePostgres, PrivateRabbit
+from tests.chaos.servers import PrivatePostgres, PrivateRabbit, RestartableStack
 
 DRAIN_TIMEOUT_S = 240.0
 
@@ -85,7 +87,7 @@ async def chaos_run(config: RunConfig, progress: Callable[[str], None] = say) ->
         await asyncio.gather(asyncio.to_thread(rabbit.start), asyncio.to_thread(postgres.start))
         progress(f"private servers up: RabbitMQ {rabbit.node} on {rabbit.port}, "
                  f"PostgreSQL on {postgres.port}")
-        stack = IsolatedStack(
+        stack = RestartableStack(
             namespace=f"chaos{secrets.token_hex(3)}", pg_url=postgres.pg_url,
             amqp_url=rabbit.amqp_url, log_dir=work, log_level="WARNING",
             secret=os.environ.get("SPINE_JWT_SECRET") or secrets.token_hex(32),
@@ -103,7 +105,8 @@ async def chaos_run(config: RunConfig, progress: Callable[[str], None] = say) ->
         progress(f"{len(faults)} faults over {duration:.0f} s")
         supervisor = Supervisor(stack, rabbit, postgres, say=progress)
         driver = LoadDriver(amqp_url=rabbit.amqp_url, namespace=stack.namespace,
-                            order_url=stack.url("order"), secret=stack.secret,
+                            order_url=stack.url("order"), dispatch_url=stack.url("dispatch"),
+                            secret=stack.secret,
                             orders=config.orders, rate=config.rate, seed=config.seed,
                             http_share=config.http_share)
         watcher = asyncio.create_task(supervisor.watch())
@@ -238,10 +241,24 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
                      pg_restarts=args.pg_restarts, http_share=args.http_share, keep=args.keep)
 
 
+async def _until_signalled(config: RunConfig) -> RunResult:
+    """The run, cancelled (so that it still removes its servers) by SIGTERM or SIGINT."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    return await chaos_run(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    # The driver's broker connection reconnects through every broker restart; its library
+    # would print each lost connection with a traceback.
+    for noisy in ("aiormq", "aio_pika"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     started = time.monotonic()
-    result = asyncio.run(chaos_run(config))
+    result = asyncio.run(_until_signalled(config))
     print(result.summary())
     print(f"took {time.monotonic() - started:.0f} s")
     return 0 if result.ok else 1

@@ -95,7 +95,10 @@ class Supervisor:
     async def watch(self) -> None:
         """Restart a service that exited on its own (not one being killed); cancel to stop."""
         while True:
-            for name, proc in list(self.stack.procs.items()):
+            for name in list(self.stack.procs):
+                # Looked up afresh each time: a kill may have replaced the process meanwhile,
+                # and the old one's exit is then no news.
+                proc = self.stack.procs[name]
                 if name in self._killing or proc.poll() is None:
                     continue
                 self.unexpected_exits[name] += 1
@@ -103,7 +106,8 @@ class Supervisor:
                 self._killing.add(name)
                 try:
                     await asyncio.sleep(1.0)
-                    self._respawn(name)
+                    if self.stack.procs[name] is proc:
+                        self._respawn(name)
                 finally:
                     self._killing.discard(name)
             await asyncio.sleep(0.5)

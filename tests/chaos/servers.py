@@ -12,19 +12,49 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.stack import free_port
+from shared.stack import IsolatedStack
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def stable_port() -> int:
+    """A free port below the ephemeral range, for a server that will be stopped and started.
+
+    A port the OS hands out (`free_port`) lies in the ephemeral range, so while its server is
+    down, any outgoing connection on the machine may take it as its local port, and the server
+    cannot listen again. Below the range, only another listener can take it.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise ServerError("no free port below the ephemeral range")
+
+
+@dataclass
+class RestartableStack(IsolatedStack):
+    """The isolated stack on `stable_port()`s, since the chaos run kills and restarts services."""
+
+    def spawn(self) -> None:
+        self.ports.update({s.name: stable_port() for s in self.services if s.name not in self.ports})
+        super().spawn()
 
 
 class ServerError(RuntimeError):
@@ -54,8 +84,8 @@ class PrivateRabbit:
 
     name: str = field(default_factory=lambda: f"spinechaos{secrets.token_hex(3)}")
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="spine-rabbit-")))
-    port: int = field(default_factory=free_port)
-    dist_port: int = field(default_factory=free_port)
+    port: int = field(default_factory=stable_port)
+    dist_port: int = field(default_factory=stable_port)
 
     @property
     def node(self) -> str:
@@ -195,7 +225,7 @@ class PrivatePostgres:
     """A PostgreSQL cluster of our own (trust auth, loopback only); `destroy()` when done."""
 
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="spine-pg-")))
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=stable_port)
 
     @property
     def pg_url(self) -> str:
