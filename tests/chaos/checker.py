@@ -140,7 +140,7 @@ async def check(history: History, stack: IsolatedStack) -> Report:
         "resent under a new message id": sum(op.resent for op in ops),
         "dispatches walked to picking": sum(op.walk == "ok" for op in ops),
         "walks left indeterminate": sum(op.walk == "indeterminate" for op in ops),
-        "retries": {channel: sum(op.retries for op in ops if op.channel == channel)
+        "retries (submissions and walks)": {channel: sum(op.retries for op in ops if op.channel == channel)
                     for channel in ("amqp", "http")},
     })
     return report

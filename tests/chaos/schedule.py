@@ -76,6 +76,7 @@ class Supervisor:
     done: Counter[str] = field(default_factory=Counter)
     unexpected_exits: Counter[str] = field(default_factory=Counter)
     _killing: set[str] = field(default_factory=set)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     async def run(self, faults: list[Fault]) -> None:
         """Every fault at its time; returns when the last one is over and all is back up."""
@@ -96,34 +97,33 @@ class Supervisor:
         """Restart a service that exited on its own (not one being killed); cancel to stop."""
         while True:
             for name in list(self.stack.procs):
-                # Looked up afresh each time: a kill may have replaced the process meanwhile,
-                # and the old one's exit is then no news.
-                proc = self.stack.procs[name]
-                if name in self._killing or proc.poll() is None:
+                if name in self._killing or self.stack.procs[name].poll() is None:
                     continue
-                self.unexpected_exits[name] += 1
-                self.say(f"{name} exited by itself with {proc.returncode}; starting it again")
-                self._killing.add(name)
-                try:
+                async with self._locks.setdefault(name, asyncio.Lock()):
+                    proc = self.stack.procs[name]  # afresh: a kill may have replaced it meanwhile
+                    if proc.poll() is None:
+                        continue
+                    self.unexpected_exits[name] += 1
+                    self.say(f"{name} exited by itself with {proc.returncode}; starting it again")
                     await asyncio.sleep(1.0)
-                    if self.stack.procs[name] is proc:
-                        self._respawn(name)
-                finally:
-                    self._killing.discard(name)
+                    self._respawn(name)
             await asyncio.sleep(0.5)
 
     async def _kill(self, fault: Fault) -> None:
         name = fault.target
-        proc = self.stack.procs[name]
-        self._killing.add(name)
-        try:
-            if proc.poll() is None:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-            await asyncio.sleep(fault.pause_s)
-            self._respawn(name)
-        finally:
-            self._killing.discard(name)
+        # Two kills of one service may be drawn closer than a pause: the second waits for the
+        # first's restart, or both would start a process and one of them be left untracked.
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            proc = self.stack.procs[name]
+            self._killing.add(name)
+            try:
+                if proc.poll() is None:
+                    proc.kill()
+                    await asyncio.to_thread(proc.wait)
+                await asyncio.sleep(fault.pause_s)
+                self._respawn(name)
+            finally:
+                self._killing.discard(name)
         self.done[f"kill {name}"] += 1
 
     async def _server_fault(self, fault: Fault) -> None:
@@ -143,6 +143,8 @@ class Supervisor:
         self.done[fault.kind] += 1
 
     def _respawn(self, name: str) -> None:
+        if self.stack.procs[name].poll() is None:
+            raise RuntimeError(f"{name} still runs: starting another would leave one untracked")
         # From the event loop's thread, which lives as long as the run (PR_SET_PDEATHSIG).
         self.stack.procs[name] = spawn_service(
             registry.get(name), self.stack.env(name), self.stack.log_path(name), append=True)
