@@ -81,17 +81,15 @@ class Supervisor:
     async def run(self, faults: list[Fault]) -> None:
         """Every fault at its time; returns when the last one is over and all is back up."""
         start = time.monotonic()
-        pending: set[asyncio.Task[None]] = set()
+        kills: list[asyncio.Task[None]] = []
         for fault in faults:
             await asyncio.sleep(max(0.0, start + fault.at_s - time.monotonic()))
             if fault.kind == "kill":
                 # Kills run beside each other and beside a server's outage.
-                task = asyncio.create_task(self._kill(fault))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                kills.append(asyncio.create_task(self._kill(fault)))
             else:
                 await self._server_fault(fault)
-        await asyncio.gather(*pending)
+        await asyncio.gather(*kills)  # and a kill that went wrong fails the run here
 
     async def watch(self) -> None:
         """Restart a service that exited on its own (not one being killed); cancel to stop."""
