@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared import registry
+from shared import crashpoints, registry
 from shared.messaging.permissions import ANY, broker_user
 from shared.messaging.topology import DEFAULT_DELIVERY_LIMIT
 from shared.tokens import JWKS_ALGORITHMS
@@ -75,7 +75,16 @@ class ServiceSettings(BaseSettings):
         description="JSON: broker user → the service or outside system it publishes for ('*': "
         "any, like an ops user); unset, the service's own login is everyone's (development)",
     )
+    dead_letter_amqp_url: str | None = Field(
+        default=None,
+        description="the broker login the /dead-letters routes use (spine-ops's in production, "
+        "whose replays consumers accept); unset, the service's own, which in production may "
+        "read and purge its dead letters but not replay them",
+    )
     log_level: str = "INFO"
+    # Test only: SIGKILL this process at named points (shared/crashpoints.py).
+    crash_at: str | None = Field(default=None, description="TEST ONLY: crash points, comma-separated")
+    crash_after: int = Field(default=1, ge=1, description="TEST ONLY: die at this pass of a point")
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1,
         description="largest request body a route accepts unless the service sets its own",
@@ -98,6 +107,17 @@ class ServiceSettings(BaseSettings):
         if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("SPINE_JWT_SECRET is a placeholder; generate one (make env)")
         return value
+
+    @field_validator("crash_at")
+    @classmethod
+    def _known_points(cls, value: str | None) -> str | None:
+        crashpoints.parse(value)  # an unknown name refuses the start
+        return value
+
+    @property
+    def crash_points(self) -> tuple[crashpoints.CrashPoint, ...]:
+        """The crash points SPINE_CRASH_AT arms (test only; none in production)."""
+        return crashpoints.parse(self.crash_at)
 
     @field_validator("jwks_url")
     @classmethod

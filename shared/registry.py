@@ -61,9 +61,10 @@ NOTIFICATION = Service(
     http_port=8003,
     database_suffix="notification",
     event_prefix="notification",
-    # order.* too: the answers to outside systems (order.received/rejected) need a consumer in
-    # Spine, or `mandatory` would leave them unroutable whenever no outside queue is bound.
-    consumer_queues=(("events", "dispatch.#"), ("order-events", "order.*")),
+    # Dispatch events only: its rules' event names come from the dispatch workflow table. An
+    # order event no one else binds (order.received when no outside system listens) is kept
+    # by the events exchange's alternate exchange, so no queue has to exist just to take it.
+    consumer_queues=(("events", "dispatch.#"),),
 )
 ERP_ADAPTER = Service("erp_adapter", http_port=8004, database_suffix="erp", event_prefix="erp")
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -16,6 +18,7 @@ from faststream.rabbit import RabbitBroker
 from faststream.specification import AsyncAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import crashpoints
 from shared.auth import make_verifier
 from shared.config import ServiceSettings
 from shared.contracts.envelope import Envelope
@@ -54,6 +57,7 @@ class Runtime:
     def build(cls, name: str, settings: ServiceSettings) -> Runtime:
         setup_logging(name, settings.log_level)
         setup_tracing(name)
+        crashpoints.arm(settings.crash_points, settings.crash_after)
         topology = Topology(settings.namespace, settings.delivery_limit,
                             declare=settings.declare_topology)
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, service=name)
@@ -197,4 +201,12 @@ class Runtime:
             access_log=False,
             timeout_graceful_shutdown=20,
         )
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+
+        def exit_code(_signum: int, _frame: FrameType | None) -> None:
+            # uvicorn re-raises the SIGTERM it shut down on, which would make a clean stop look
+            # like a kill (-15, 143 in a shell) to the supervisor; a stop cut short stays 143.
+            raise SystemExit(128 + signal.SIGTERM if server.force_exit else 0)
+
+        signal.signal(signal.SIGTERM, exit_code)
+        server.run()

@@ -54,13 +54,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def spawn_service(
-    service: Service, env: Mapping[str, str], log: Path, *, append: bool = False
-) -> subprocess.Popen[bytes]:
-    """Start `python -m services.<name>.main` with `env` over this process's environment.
-
-    `append` keeps what the log holds, for a service started again after a crash.
-    """
+def spawn_service(service: Service, env: Mapping[str, str], log: Path, *,
+                  append: bool = False) -> subprocess.Popen[bytes]:
+    """Start `python -m services.<name>.main` with `env` over this process's environment."""
     # Own session: a Ctrl-C in the terminal reaches only the caller, which stops the services
     # with one SIGTERM (a second signal would make uvicorn skip its graceful shutdown).
     # PR_SET_PDEATHSIG fires when the spawning *thread* ends, so call this from a long-lived one.
@@ -85,7 +81,7 @@ async def _wait_stopped(name: str, proc: subprocess.Popen[bytes], grace_s: float
         proc.kill()
         code = await asyncio.to_thread(proc.wait)
         return code, f"{name} did not stop within {grace_s:.0f} s of SIGTERM (killed)"
-    # uvicorn re-raises SIGTERM after its clean shutdown, so -SIGTERM is a normal stop.
+    # A clean stop exits 0 (shared/runtime.py); -SIGTERM is a SIGTERM that came before serving began.
     if code not in (0, -signal.SIGTERM):
         return code, f"{name} exited with {code}"
     return code, None
@@ -200,10 +196,10 @@ class IsolatedStack:
                 service, self.env(service.name), self.log_path(service.name)
             )
 
-    async def wait_ready(self, timeout_s: float = 90.0) -> None:
-        """Until every service answers /readyz with 200; StackError if one exits or times out."""
+    async def wait_ready(self, timeout_s: float = 90.0, names: tuple[str, ...] = ()) -> None:
+        """Until each service (or each of `names`) answers /readyz; StackError if one exits or hangs."""
         deadline = time.monotonic() + timeout_s
-        pending = {s.name for s in self.services}
+        pending = set(names) or {s.name for s in self.services}
         async with httpx.AsyncClient(timeout=2.0) as client:
             while pending and time.monotonic() < deadline:
                 for name in sorted(pending):
@@ -217,6 +213,32 @@ class IsolatedStack:
         if pending:
             raise StackError(f"not ready after {timeout_s:.0f} s: {sorted(pending)}\n"
                              + "\n".join(f"--- {n}\n{self.log_tail(n, 40)}" for n in sorted(pending)))
+
+    # ------------------------------------------------------------------ one service
+    async def respawn(self, name: str, env: Mapping[str, str] | None = None,
+                      ready_timeout_s: float = 60.0) -> None:
+        """Start a service that has stopped again, on its port, with `env` over its usual
+        variables (e.g. a crash point), and wait until it is ready. Its log is appended to."""
+        if self.procs[name].poll() is None:
+            raise StackError(f"{name} is still running (pid {self.procs[name].pid})")
+        self.procs[name] = spawn_service(registry.get(name), {**self.env(name), **(env or {})},
+                                         self.log_path(name), append=True)
+        await self.wait_ready(ready_timeout_s, names=(name,))
+
+    async def terminate(self, name: str, grace_s: float = 30.0) -> tuple[int, str | None]:
+        """SIGTERM one service and wait for it; its exit code and a problem, if any."""
+        proc = self.procs[name]
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        return await _wait_stopped(name, proc, grace_s)
+
+    async def exited(self, name: str, timeout_s: float) -> int:
+        """Wait until a service exits by itself; its exit code (StackError if it does not)."""
+        try:
+            return await asyncio.to_thread(self.procs[name].wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            raise StackError(f"{name} still runs after {timeout_s:.0f} s:\n"
+                             f"{self.log_tail(name, 40)}") from None
 
     async def upload_erp_samples(self) -> None:
         """Upload the sample ERP export through the erp_adapter, as an integration user would."""
@@ -254,7 +276,7 @@ class IsolatedStack:
         if any(p.poll() is None for p in self.procs.values()):
             failures += await self.stop()
         failures += await delete_broker_objects(
-            self.amqp_url, self.queues, [self.exchange, f"{self.namespace}.dlx"])
+            self.amqp_url, self.queues, namespace_objects(self.namespace)[1])
         for name in self.databases:
             try:
                 await drop_database(self.pg_url, name)

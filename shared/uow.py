@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from opentelemetry import propagate
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shared import crashpoints
 from shared.contracts.envelope import ActorLike, new_envelope
 from shared.db.transaction import transaction
 from shared.domain import Aggregate, AuditFact, DomainEvent
@@ -197,6 +198,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork[TX]):
             rows = self.rows_of(tx)
             if rows.audit or rows.outbox:
                 await conn.exec_driver_sql(_AUDIT_AND_OUTBOX, rows.columns())
+        crashpoints.reached("after-commit-before-publish")
 
     def rows_of(self, tx: Transaction) -> PlumbingRows:
         """The audit and outbox rows of the events `tx` collected."""

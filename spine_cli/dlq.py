@@ -1,12 +1,17 @@
-"""`spine dlq list|replay`: read dead letters without taking them, or put them back where they died."""
+"""`spine dlq list|show|replay|purge`: dead letters read without taking them, put back, or deleted.
+
+The work is `shared.messaging.dead_letters` (the services' HTTP routes do the same); this module
+is the wording and the asking.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 
@@ -15,10 +20,14 @@ from spine_cli.groups import OrderedGroup
 from spine_cli.params import POSITIVE_INT
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractIncomingMessage
+    from aio_pika.abc import AbstractConnection
 
-# shared.messaging.topology (the header names, the queue names) imports FastStream, which takes
-# seconds on a small machine; it is imported where it is used, so `--help` stays instant.
+    from shared.messaging.dead_letters import DeadLetter
+    from spine_cli.settings import CliSettings
+
+# shared.messaging.topology (the queue names) imports FastStream, which takes seconds on a small
+# machine; it is imported where it is used, so `--help` stays instant.
+T = TypeVar("T")
 
 
 def dlq_name(namespace: str, queue: str) -> str:
@@ -26,73 +35,6 @@ def dlq_name(namespace: str, queue: str) -> str:
     if not queue.startswith(f"{namespace}."):
         queue = f"{namespace}.{queue}"
     return queue if queue.endswith(".dlq") else f"{queue}.dlq"
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _first_death(headers: dict[str, Any]) -> dict[str, Any]:
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        return deaths[0]
-    return {}
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """What a person needs to decide about one dead letter."""
-
-    message_id: str
-    routing_key: str
-    reason: str
-    dead_lettered_at: str
-    original_queue: str
-    preview: str
-
-    @classmethod
-    def of(cls, message: AbstractIncomingMessage, dlq: str) -> DeadLetter:
-        """Read a dead letter's provenance from Spine's headers, else from the broker's x-death."""
-        from shared.messaging.topology import (
-            DEAD_LETTERED_AT_HEADER,
-            ERROR_HEADER,
-            QUEUE_HEADER,
-            ROUTING_KEY_HEADER,
-        )
-
-        headers = dict(message.headers or {})
-        death = _first_death(headers)
-        keys = death.get("routing-keys") or []
-        routing_key = headers.get(ROUTING_KEY_HEADER) or (keys[0] if keys else "?")
-        reason = headers.get(ERROR_HEADER) or death.get("reason") or "?"
-        at = headers.get(DEAD_LETTERED_AT_HEADER) or death.get("time") or "?"
-        if isinstance(at, datetime):
-            at = at.astimezone(UTC).isoformat()
-        original = headers.get(QUEUE_HEADER) or death.get("queue") or dlq.removesuffix(".dlq")
-        body = message.body.decode("utf-8", errors="replace")
-        preview = " ".join(body.split())
-        return cls(
-            message_id=message.message_id or "(none)",
-            routing_key=_text(routing_key),
-            reason=_text(reason),
-            dead_lettered_at=_text(at),
-            original_queue=_text(original),
-            preview=preview if len(preview) <= 100 else preview[:99] + "…",
-        )
-
-
-def replay_headers(headers: dict[str, Any]) -> dict[str, Any]:
-    """Headers for a replay: the error and dead-lettering history removed, provenance kept."""
-    from shared.messaging.topology import DEAD_LETTERED_AT_HEADER, ERROR_HEADER, QUEUE_HEADER
-
-    dropped = {ERROR_HEADER, QUEUE_HEADER, DEAD_LETTERED_AT_HEADER, "x-death", "x-delivery-count"}
-    # x-spine-routing-key stays: after a replay the AMQP routing key is the queue's name, and
-    # this header is where a consumer (or a second dead-lettering) finds the original event key.
-    return {
-        key: value
-        for key, value in headers.items()
-        if key not in dropped and not key.startswith(("x-first-death-", "x-last-death-"))
-    }
 
 
 def confirm(question: str) -> None:
@@ -104,9 +46,45 @@ def confirm(question: str) -> None:
         raise CliError("cancelled", code=1)
 
 
+def known_dead_letter_queues(namespace: str) -> list[str]:
+    """Every consuming queue's DLQ in `namespace`, as the registry lists them."""
+    from shared.messaging.topology import known_queues
+
+    return [f"{q}.dlq" for q in known_queues(namespace)]
+
+
+@asynccontextmanager
+async def _broker(settings: CliSettings) -> AsyncIterator[AbstractConnection]:
+    """A connection whose missing queues and refusals become one-line errors."""
+    from shared.messaging.dead_letters import QueueMissing, ReplayRefused
+    from spine_cli.amqp import amqp
+
+    async with amqp(settings) as conn:
+        try:
+            yield conn
+        except (QueueMissing, ReplayRefused) as exc:
+            raise CliError(str(exc)) from exc
+
+
+def _run(settings: CliSettings, work: Callable[[AbstractConnection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with _broker(settings) as conn:
+            return await work(conn)
+
+    return asyncio.run(run())
+
+
+def _echo_letter(letter: DeadLetter, dlq: str) -> None:
+    click.echo(f"  {letter.message_id or '(none)'}  {letter.routing_key}  at {letter.dead_lettered_at}")
+    if letter.original_queue != dlq.removesuffix(".dlq"):
+        click.echo(f"    from:   {letter.original_queue}")
+    click.echo(f"    reason: {letter.reason}")
+    click.echo(f"    body:   {letter.preview}")
+
+
 @click.group("dlq", cls=OrderedGroup)
 def dlq() -> None:
-    """List or replay dead letters."""
+    """List, show, replay or purge dead letters."""
 
 
 @dlq.command("list")
@@ -114,48 +92,72 @@ def dlq() -> None:
 @click.option("--limit", type=POSITIVE_INT, metavar="N", default=20, show_default=True,
               help="Messages shown per queue.")
 def list_(queue: str | None, limit: int) -> None:
-    """Show dead letters of every known queue (nothing is removed)."""
-    from shared.messaging.topology import known_queues
-    from spine_cli.amqp import amqp, existing_queue
+    """Show the dead letters of every known queue, each with its reason (nothing is removed).
+
+    Also counts the unrouted queue: events no queue was bound for.
+    """
+    from shared.messaging import dead_letters
     from spine_cli.settings import load_settings
 
     settings = load_settings()
-    names = (
-        [dlq_name(settings.namespace, queue)]
-        if queue
-        else [f"{q}.dlq" for q in known_queues(settings.namespace)]
-    )
+    names = [dlq_name(settings.namespace, queue)] if queue else known_dead_letter_queues(
+        settings.namespace)
 
-    async def list_all() -> None:
+    async def list_all(conn: AbstractConnection) -> None:
         total = 0
-        async with amqp(settings) as conn:
-            for name in names:
-                found = await existing_queue(conn, name)
-                if found is None:
-                    if queue:
-                        raise CliError(f"queue {name} does not exist")
-                    continue
-                count = found.declaration_result.message_count or 0
-                total += count
-                click.echo(f"{name}: {count} dead letter(s)")
-                # Fetched without ack on this one channel; closing it returns every message.
-                for _ in range(min(count, limit)):
-                    message = await found.get(no_ack=False, fail=False)
-                    if message is None:
-                        break
-                    letter = DeadLetter.of(message, name)
-                    click.echo(f"  {letter.message_id}  {letter.routing_key}  at {letter.dead_lettered_at}")
-                    if letter.original_queue != name.removesuffix(".dlq"):
-                        click.echo(f"    from:   {letter.original_queue}")
-                    click.echo(f"    reason: {letter.reason}")
-                    click.echo(f"    body:   {letter.preview}")
-                if count > limit:
-                    click.echo(f"  … and {count - limit} more (--limit)")
-                await found.channel.close()
+        for name in names:
+            try:
+                waiting, letters = await dead_letters.peek(conn, name, limit)
+            except dead_letters.QueueMissing:
+                if queue:
+                    raise
+                continue
+            total += waiting
+            click.echo(f"{name}: {waiting} dead letter(s)")
+            for letter in letters:
+                _echo_letter(letter, name)
+            if waiting > len(letters):
+                click.echo(f"  … and {waiting - len(letters)} more (--limit)")
         if not queue:
             click.echo(f"{total} dead letter(s) in {len(names)} known dead-letter queue(s)")
+            unrouted = f"{settings.namespace}.unrouted"
+            try:
+                kept = await dead_letters.count(conn, unrouted)
+            except dead_letters.QueueMissing:
+                return
+            click.echo(f"{unrouted}: {kept} event(s) no queue was bound for")
 
-    asyncio.run(list_all())
+    _run(settings, list_all)
+
+
+@dlq.command("show")
+@click.option("--queue", required=True, help="E.g. order.order-submitted.")
+@click.option("--message-id", required=True, help="The dead letter to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print it as one JSON document.")
+def show(queue: str, message_id: str, as_json: bool) -> None:
+    """Show one dead letter in full: every header, the reason, the body (nothing is removed)."""
+    from shared.messaging import dead_letters
+    from spine_cli.settings import load_settings
+
+    settings = load_settings()
+    name = dlq_name(settings.namespace, queue)
+    letter = _run(settings, lambda conn: dead_letters.find(conn, name, message_id))
+    if letter is None:
+        raise CliError(f"no message {message_id} in {name}")
+    if as_json:
+        click.echo(json.dumps(letter.detail(), indent=2, ensure_ascii=False))
+        return
+    click.echo(f"message_id:       {letter.message_id}")
+    click.echo(f"queue:            {letter.original_queue}")
+    click.echo(f"routing key:      {letter.routing_key}")
+    click.echo(f"dead-lettered at: {letter.dead_lettered_at}")
+    click.echo(f"reason:           {letter.reason}")
+    click.echo(f"content type:     {letter.content_type or '(none)'}")
+    click.echo("headers:")
+    for key, value in sorted(letter.headers.items()):
+        click.echo(f"  {key}: {json.dumps(value, ensure_ascii=False)}")
+    click.echo("body:" if letter.is_text else "body (not UTF-8; base64):")
+    click.echo(letter.text if letter.is_text else letter.body_base64)
 
 
 @dlq.command("replay")
@@ -164,83 +166,69 @@ def list_(queue: str | None, limit: int) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every message in the DLQ.")
 @click.option("--yes", is_flag=True, help="Do not ask before --all.")
 def replay(queue: str, message_id: str | None, replay_all: bool, yes: bool) -> None:
-    """Move dead letters back to the queue they died in.
+    """Put dead letters back into the queue they died in, through the consumer's inbox.
 
-    Each is published with a confirm first and acked after, so none is lost on the way.
+    Each copy keeps its message_id, so a message whose effect was already committed is a
+    duplicate there and has no second effect. Each is published with a confirm first and
+    acked after, so none is lost on the way.
     """
     if message_id and replay_all:
         raise click.UsageError("--message-id is not allowed with --all")
     if not message_id and not replay_all:
         raise click.UsageError("one of --message-id or --all is required")
+    from shared.messaging import dead_letters
+    from shared.messaging.permissions import broker_user
     from spine_cli.settings import load_settings
 
     settings = load_settings()
-    exit_with(asyncio.run(_replay(settings, dlq_name(settings.namespace, queue), message_id, yes)))
+    name = dlq_name(settings.namespace, queue)
 
-
-async def _replay(settings: Any, name: str, message_id: str | None, yes: bool) -> int:
-    import aio_pika
-
-    from shared.messaging.permissions import broker_user
-    from shared.messaging.topology import ROUTING_KEY_HEADER
-    from spine_cli.amqp import amqp, publish
-
-    async with amqp(settings) as conn:
-        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-        try:
-            queue = await channel.declare_queue(name, passive=True)
-        except aio_pika.exceptions.ChannelNotFoundEntity as exc:
-            raise CliError(f"queue {name} does not exist") from exc
-        # Bounded by what was there at the start, so a message that dies again while we
-        # replay is not picked up a second time in the same run.
-        count = queue.declaration_result.message_count or 0
-        if count == 0:
+    async def run(conn: AbstractConnection) -> int:
+        waiting = await dead_letters.count(conn, name)
+        if waiting == 0:
             click.echo(f"{name} is empty; nothing to replay")
-            return 0
-        if not message_id and not yes:
-            confirm(f"replay all {count} dead letter(s) from {name}?")
-        replayed, problems, seen = 0, [], 0
-        for _ in range(count):
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            seen += 1
-            if message_id and message.message_id != message_id:
-                continue  # left unacked: it returns to the DLQ when the channel closes
-            letter = DeadLetter.of(message, name)
-            headers = replay_headers(dict(message.headers or {}))
-            if letter.routing_key != "?":
-                headers.setdefault(ROUTING_KEY_HEADER, letter.routing_key)
-            copy = aio_pika.Message(
-                message.body,
-                headers=headers,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                timestamp=message.timestamp,
-                type=message.type,
-                app_id=message.app_id,
-                # Ours, not the original sender's: the broker checks it against our login
-                # (and would refuse another), and consumers accept what ops replays.
-                user_id=broker_user(settings.amqp_url),
-            )
-            try:
-                await publish(channel.default_exchange, copy, letter.original_queue,
-                              unroutable=f"queue {letter.original_queue} does not exist")
-            except CliError as exc:
-                problems.append(f"{letter.message_id}: {exc}")
-                continue  # not acked: it stays in the DLQ
-            await message.ack()
-            replayed += 1
-            click.echo(f"replayed {letter.message_id} -> {letter.original_queue}")
-            if message_id:
-                break
-        if message_id and not replayed and not problems:
-            raise CliError(f"no message {message_id} among the {seen} in {name}")
-        wanted = 1 if message_id else seen
-        click.echo(f"replayed {replayed} of {wanted} from {name}")
-        for problem in problems:
+            return 0 if replay_all else _not_found(message_id, name)
+        if replay_all and not yes:
+            confirm(f"replay all {waiting} dead letter(s) from {name}?")
+        done = await dead_letters.replay(conn, name, user_id=broker_user(settings.amqp_url),
+                                         message_id=message_id)
+        to = name.removesuffix(".dlq")
+        for replayed in done.replayed:
+            click.echo(f"replayed {replayed or '(none)'} -> {to}")
+        if message_id and not done.replayed and not done.refused:
+            return _not_found(message_id, name, done.seen)
+        wanted = len(done.replayed) + len(done.refused) if message_id else done.seen
+        click.echo(f"replayed {len(done.replayed)} of {wanted} from {name}")
+        for problem in done.refused:
             click.echo(f"  not replayed: {problem}", err=True)
-        return 1 if problems else 0
+        return 1 if done.refused else 0
+
+    exit_with(_run(settings, run))
+
+
+def _not_found(message_id: str | None, name: str, seen: int = 0) -> NoReturn:
+    raise CliError(f"no message {message_id} among the {seen} in {name}")
+
+
+@dlq.command("purge")
+@click.option("--queue", required=True, help="E.g. order.order-submitted.")
+@click.option("--yes", is_flag=True, help="Do not ask first.")
+def purge(queue: str, yes: bool) -> None:
+    """Delete every dead letter of one queue, for good; prints how many.
+
+    Asks first (a purge cannot be undone; `spine dlq list` or `show` them before).
+    """
+    from shared.messaging import dead_letters
+    from spine_cli.settings import load_settings
+
+    settings = load_settings()
+    name = dlq_name(settings.namespace, queue)
+
+    async def run(conn: AbstractConnection) -> None:
+        waiting = await dead_letters.count(conn, name)
+        if waiting and not yes:
+            confirm(f"delete all {waiting} dead letter(s) in {name} for good?")
+        purged = await dead_letters.purge(conn, name)
+        click.echo(f"purged {purged} dead letter(s) from {name}")
+
+    _run(settings, run)

@@ -169,8 +169,8 @@ def submit_order(system: str, customer: str, lines: tuple[Line, ...], ref: str |
             exchange = await events_exchange(channel, settings.namespace)
             for _ in range(times):
                 await publish(exchange, message, routing_key,
-                              unroutable=f"no queue is bound for {routing_key} — is the order "
-                              "service running?")
+                              unroutable=f"no queue took {routing_key}, not even "
+                              f"{settings.namespace}.unrouted — run `./spine topology declare`")
 
     asyncio.run(send())
     copies = f" x{times} (the same event each time)" if times > 1 else ""
@@ -216,7 +216,8 @@ def publish_raw(routing_key: str, body: str, content_type: str, message_id: str 
             channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
             exchange = await events_exchange(channel, settings.namespace)
             await publish(exchange, message, routing_key,
-                          unroutable=f"no queue is bound for {routing_key}")
+                          unroutable=f"no queue took {routing_key}, not even "
+                          f"{settings.namespace}.unrouted — run `./spine topology declare`")
 
     asyncio.run(send())
     click.echo(f"published {len(message.body)} bytes to {routing_key}, message_id {message_id}")

@@ -19,8 +19,9 @@ def topology() -> None:
 def declare() -> None:
     """Declare the exchanges and every consumer queue with its DLQ.
 
-    The events exchange (topic), the dead-letter exchange (direct), and each quorum queue
-    with its bindings: run it before any service starts, so no early event is lost.
+    The events exchange (topic) with its alternate exchange and the unrouted queue it keeps,
+    the dead-letter exchange (direct), and each quorum queue with its bindings: run it before
+    any service starts, so no early event misses its consumer.
     """
     from aio_pika.exceptions import AMQPChannelError
 
@@ -38,7 +39,8 @@ def declare() -> None:
                 queues = await declare_all(channel, spec)
             except AMQPChannelError as exc:
                 raise CliError(f"cannot declare the topology: {exc}") from exc
-        click.echo(f"declared {spec.events.name} (topic), {spec.dead_letters.name} (direct) "
-                   f"and {len(queues)} queues: {', '.join(queues)}")
+        click.echo(f"declared {spec.events.name} (topic, alternate exchange "
+                   f"{spec.unrouted.name}), {spec.dead_letters.name} (direct), "
+                   f"{spec.unrouted.name} (fanout) and {len(queues)} queues: {', '.join(queues)}")
 
     asyncio.run(run())

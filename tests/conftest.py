@@ -367,9 +367,11 @@ class RabbitJanitor:
         return name
 
     def namespace(self, namespace: str) -> None:
-        """The two exchanges every `Topology(namespace)` declares."""
+        """The exchanges every `Topology(namespace)` declares, and `declare_all`'s unrouted queue."""
         self.exchange(f"{namespace}.events")
         self.exchange(f"{namespace}.dlx")
+        self.exchange(f"{namespace}.unrouted")
+        self.queue(f"{namespace}.unrouted")
 
     def subscribers_of(self, broker: Any, topology: Any) -> None:
         """Each subscribed queue of a FastStream broker, and its dead-letter queue."""

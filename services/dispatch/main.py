@@ -8,6 +8,7 @@ from services.dispatch import api, permissions, publishers, subscribers
 from services.dispatch.config import Settings
 from services.dispatch.unit_of_work import NAME, sql_unit_of_work
 from shared.runtime import Runtime
+from shared.web.dead_letters import dead_letters_router
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
@@ -15,7 +16,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     runtime = Runtime.build(NAME, settings or Settings())
     uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow)
-    return runtime, runtime.app(routers=[api.router], uow=uow, permissions=permissions.PERMISSIONS,
+    return runtime, runtime.app(routers=[api.router, dead_letters_router(NAME)], uow=uow,
+                                permissions=permissions.PERMISSIONS,
                                 published=publishers.PUBLISHED)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.dispatch.domain import EXCEPTION_OWNER, WORKFLOW
 from shared.tokens import ROLES
+from shared.web import dead_letters
 from shared.web.permissions import EVERY_ROLE, Permissions
 
 # Roles that may hold a dispatch's exception: anyone who works on orders. `ops` reads
@@ -26,6 +27,7 @@ PERMISSIONS = Permissions("dispatch", {
     ("GET", "/dispatches/{dispatch_id}"): EVERY_ROLE,
     ("POST", "/dispatches/{dispatch_id}/transitions"): _movers(),
     ("GET", "/dispatches/{dispatch_id}/history"): EVERY_ROLE,
+    **dead_letters.PERMISSIONS,
 }, notes={
     ("POST", "/dispatches/{dispatch_id}/transitions"):
         "WORKFLOW: the roles of every edge, plus any exception owner (on_hold → back)",

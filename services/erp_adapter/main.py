@@ -13,6 +13,7 @@ from services.erp_adapter import api, permissions, publishers
 from services.erp_adapter.config import NAME, Settings
 from services.erp_adapter.unit_of_work import sql_unit_of_work
 from shared.runtime import Runtime
+from shared.web.dead_letters import dead_letters_router
 
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
@@ -22,7 +23,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     uow = sql_unit_of_work(runtime.engine)
     # The upload's multipart framing and form fields come on top of the file itself.
     upload_limit = config.import_max_bytes + api.UPLOAD_OVERHEAD_BYTES
-    return runtime, runtime.app(routers=[api.router], uow=uow, permissions=permissions.PERMISSIONS,
+    return runtime, runtime.app(routers=[api.router, dead_letters_router(NAME)], uow=uow,
+                                permissions=permissions.PERMISSIONS,
                                 published=publishers.PUBLISHED, body_limits={"/imports": upload_limit})
 
 

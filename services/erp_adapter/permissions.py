@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.web import dead_letters
 from shared.web.permissions import Permissions
 
 # Only the integration role feeds master data in; ops may also read what crossed the boundary.
@@ -13,4 +14,5 @@ PERMISSIONS = Permissions("erp_adapter", {
     ("GET", "/imports"): BOUNDARY_READERS,
     ("GET", "/imports/{run_id}"): BOUNDARY_READERS,
     ("GET", "/integration-log"): BOUNDARY_READERS,
+    **dead_letters.PERMISSIONS,
 })

@@ -15,11 +15,10 @@ SERVICE = "notification"
 
 def register(broker: RabbitBroker, topology: Topology, uow: NotificationUnitOfWork) -> None:
     """Subscribe the notification service's consumers, one quorum queue per purpose."""
-    # Deliberately not `#`: a catch-all queue would make every `erp.*` event routable, so an
-    # import published before the order service declared its queues would be lost to it
-    # instead of waiting in the outbox (the relay publishes with `mandatory`).
+    # Only dispatch events (the registry's table): the rules are keyed on the dispatch
+    # workflow, and each binding costs a consume and a transaction per order. What nobody
+    # binds goes to the unrouted queue, so no binding here exists just to make events routable.
     dispatch_queue = consumer_queue(topology, SERVICE, "events")
-    order_queue = consumer_queue(topology, SERVICE, "order-events")
 
     # Loose envelopes: a payload this service does not understand yet is still worth keeping;
     # a broken envelope is dead-lettered with its reason.
@@ -28,12 +27,6 @@ def register(broker: RabbitBroker, topology: Topology, uow: NotificationUnitOfWo
     async def on_dispatch_event(event: LooseEnvelope) -> None:
         """A dispatch was created, moved, held or corrected: keep the event for the rules."""
         await handle(_command(event, dispatch_queue.name), uow)
-
-    @broker.subscriber(order_queue, topology.events, no_reply=True,
-                       title="notification/order.*")
-    async def on_order_event(event: LooseEnvelope) -> None:
-        """An order was received, rejected, confirmed or cancelled: keep the event."""
-        await handle(_command(event, order_queue.name), uow)
 
 
 def _command(event: LooseEnvelope, consumer: str) -> RecordEvent:

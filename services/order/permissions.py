@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.order.domain import Status, person_roles_for_target
+from shared.web import dead_letters
 from shared.web.permissions import EVERY_ROLE, Permissions
 
 # Writes come from the order workflow table: whoever may move some order into the target.
@@ -13,6 +14,7 @@ PERMISSIONS = Permissions("order", {
     ("GET", "/orders"): EVERY_ROLE,
     ("GET", "/orders/{order_id}"): EVERY_ROLE,
     ("GET", "/orders/{order_id}/history"): EVERY_ROLE,
+    **dead_letters.PERMISSIONS,
 }, notes={
     ("POST", "/orders"): "WORKFLOW: the creation edge into received",
     ("POST", "/orders/{order_id}/confirm"): "WORKFLOW: edges into confirmed",

@@ -27,7 +27,7 @@ from shared.contracts.erp import CustomerUpserted, ProductUpserted
 from shared.contracts.ext import OrderSubmitted, source_of
 from shared.domain import Actor
 from shared.messaging.broker import delivery_policy
-from shared.messaging.delivery import PermanentError, event_routing_key
+from shared.messaging.delivery import Answered, PermanentError, event_routing_key
 from shared.messaging.topology import Topology, consumer_queue
 from shared.uow import Duplicate, InboxConflict
 from shared.workflow import SYSTEM
@@ -50,8 +50,16 @@ def register(broker: RabbitBroker, topology: Topology, uow: OrderUnitOfWork) -> 
         if source is None:
             # Nobody could match an answer to it: the dead-letter queue is where ops will look.
             raise PermanentError(f"routing key {routing_key!r} names no valid outside system")
-        await handle(submission(event, source, consumer=submitted_queue.name,
-                                reply_to=message.raw_message.reply_to), uow)
+        command = submission(event, source, consumer=submitted_queue.name,
+                             reply_to=message.raw_message.reply_to)
+        if isinstance(command, SubmitOrder):
+            await handle(command, uow)
+            return
+        # A submission that breaks its contract is malformed: answered, and dead-lettered too
+        # (also when a redelivery finds the answer committed already).
+        with contextlib.suppress(Duplicate):
+            await handle(command, uow)
+        raise Answered("contract violation: " + "; ".join(command.problems))
 
     async def answer_refused(raw: aio_pika.abc.AbstractIncomingMessage, body: Any,
                              reason: str) -> None:

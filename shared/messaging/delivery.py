@@ -44,6 +44,7 @@ from opentelemetry import trace
 from prometheus_client import Gauge
 from pydantic import ValidationError
 
+from shared import crashpoints
 from shared.contracts.envelope import CONTRACT_VERSION
 from shared.messaging.provenance import Senders, producer_refusal
 from shared.messaging.topology import (
@@ -71,6 +72,10 @@ class PermanentError(Exception):
 
 class ProvenanceError(PermanentError):
     """The message's sender may not publish its routing key: never acted on, never answered."""
+
+
+class Answered(PermanentError):
+    """The handler answered the sender already (its refusal is committed): dead-letter only."""
 
 
 PERMANENT = (PermanentError, InboxConflict, ValidationError, json.JSONDecodeError,
@@ -129,7 +134,7 @@ def describe(exc: BaseException) -> str:
         return f"{exc.__class__.__name__}: body is not JSON: {exc}"[:1000]
     if isinstance(exc, RecursionError):
         return "body is not acceptable JSON: nested too deeply to read"
-    if isinstance(exc, GaveUp):
+    if isinstance(exc, GaveUp | Answered):
         return str(exc)
     text = str(exc) or exc.__class__.__name__
     return f"{exc.__class__.__name__}: {text}"[:1000]
@@ -239,6 +244,8 @@ class _Delivery(BaseMiddleware):
         except Exception as exc:  # permanent, or retried to the limit: dead-letter it
             await self.refuse(raw, exc)
             return None
+        # Handled (or found in the inbox: handled before), and not yet acked.
+        crashpoints.reached("after-commit-before-ack")
         await _settle(raw)
         return None
 
@@ -316,7 +323,7 @@ class _Delivery(BaseMiddleware):
         trace.get_current_span().record_exception(exc)
         try:
             answer = policy.answers.get(queue)
-            if answer is not None and not isinstance(exc, ProvenanceError):
+            if answer is not None and not isinstance(exc, ProvenanceError | Answered):
                 await self.hold(lambda: answer(raw, self.body, reason))
             await self.hold(lambda: dead_letter(self.context.get("broker"), policy.topology, raw,
                                                 queue, reason))

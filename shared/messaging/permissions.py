@@ -81,11 +81,14 @@ def definitions(
     user_prefix: str = "",
     passwords: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A RabbitMQ definitions document: the vhost, every user, their rights, both exchanges.
+    """A RabbitMQ definitions document: the vhost, every user, their rights, the exchanges.
 
     `passwords` (user → password) default to `<user>-dev`, development's.
     """
     ns = re.escape(namespace)
+    # `<namespace>.unrouted` (the events exchange's alternate exchange and its kept queue) is
+    # spine-ops's alone to read and purge; publishers reach it only through `events`.
+    unrouted = f"{namespace}.unrouted"
     exchanges = f"{ns}\\.(events|dlx)"
     users, permissions, topic_permissions = [], [], []
     for user, principal in broker_users(systems, user_prefix=user_prefix).items():
@@ -119,14 +122,25 @@ def definitions(
         "users": users,
         "permissions": permissions,
         "topic_permissions": topic_permissions,
+        # What `spine topology declare` declares with the same arguments (a definition that
+        # differed would make its declare fail): the consumer queues are left to it.
         "exchanges": [
             {"name": f"{namespace}.events", "vhost": vhost, "type": "topic", "durable": True,
-             "auto_delete": False, "internal": False, "arguments": {}},
+             "auto_delete": False, "internal": False,
+             "arguments": {"alternate-exchange": unrouted}},
             {"name": f"{namespace}.dlx", "vhost": vhost, "type": "direct", "durable": True,
              "auto_delete": False, "internal": False, "arguments": {}},
+            {"name": unrouted, "vhost": vhost, "type": "fanout", "durable": True,
+             "auto_delete": False, "internal": False, "arguments": {}},
         ],
-        "queues": [],
-        "bindings": [],
+        "queues": [
+            {"name": unrouted, "vhost": vhost, "durable": True, "auto_delete": False,
+             "arguments": {"x-queue-type": "quorum"}},
+        ],
+        "bindings": [
+            {"source": unrouted, "vhost": vhost, "destination": unrouted,
+             "destination_type": "queue", "routing_key": "", "arguments": {}},
+        ],
         "parameters": [],
         "policies": [],
         "global_parameters": [],

@@ -1,4 +1,10 @@
-"""The outbox relay: publishes committed events with confirms and `mandatory`, then marks them sent."""
+"""The outbox relay: publishes committed events with confirms and `mandatory`, then marks them sent.
+
+An event no queue binds is not returned: the events exchange's alternate exchange keeps it in
+the unrouted queue, and the broker confirms it like any other. `mandatory` stays as the guard
+of that guarantee: a return now means the topology itself is broken (the alternate exchange or
+its queue is missing), and the event waits in the outbox, with its error, until it is repaired.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import asyncpg
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import crashpoints
 from shared.db.engine import asyncpg_dsn
 from shared.db.plumbing import OUTBOX_CHANNEL
 from shared.db.transaction import transaction
@@ -114,7 +121,7 @@ class OutboxRelay:
     async def drain(self) -> int:
         """Publish every unsent row that is due, one locked batch at a time; returns how many.
 
-        A row that fails (e.g. unroutable) stays unsent with its error and waits out its own
+        A row that fails (returned, refused, no confirm) stays unsent with its error and waits out its own
         back-off (doubling, up to a minute) before it is claimed again — a NOTIFY for new rows
         does not cut that short, so a stuck event never makes every commit republish it. The
         pass raises when anything failed, so `run()` logs and backs off as well.
@@ -144,6 +151,7 @@ class OutboxRelay:
             results = await asyncio.gather(
                 *(self._publish(row, exchange) for row in rows), return_exceptions=True
             )
+            crashpoints.reached("after-publish-before-mark")
             ok = [row["id"] for row, res in zip(rows, results, strict=True)
                   if not isinstance(res, BaseException)]
             failed = [(row, res) for row, res in zip(rows, results, strict=True)
@@ -221,6 +229,7 @@ class OutboxRelay:
             try:
                 self._exchange = await channel.declare_exchange(
                     self.topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True,
+                    arguments=self.topology.events_arguments,
                     passive=not self.topology.declare, timeout=_BROKER_WAIT_S,
                 )
             except BaseException:

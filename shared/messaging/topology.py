@@ -25,7 +25,11 @@ DEFAULT_DELIVERY_LIMIT = 20
 
 @dataclass(frozen=True)
 class Topology:
-    """`{namespace}.events` (topic), `{namespace}.dlx` (direct), and per-purpose quorum queues."""
+    """`{namespace}.events` (topic), `{namespace}.dlx` (direct), and per-purpose quorum queues.
+
+    `{namespace}.events` has an alternate exchange, `{namespace}.unrouted` (fanout), leading to a
+    kept quorum queue of the same name: an event no queue binds is neither an error nor lost.
+    """
 
     namespace: str = "spine"
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
@@ -35,8 +39,27 @@ class Topology:
 
     @property
     def events(self) -> RabbitExchange:
+        # The alternate exchange is an argument, so every declare of the exchange must carry it
+        # (RabbitMQ refuses a redeclare whose arguments differ): declare it only through this.
         return RabbitExchange(f"{self.namespace}.events", type=ExchangeType.TOPIC, durable=True,
-                              declare=self.declare)
+                              declare=self.declare, arguments=self.events_arguments)
+
+    @property
+    def events_arguments(self) -> dict[str, Any]:
+        """The events exchange's declaration arguments: its alternate exchange."""
+        return {"alternate-exchange": self.unrouted.name}
+
+    @property
+    def unrouted(self) -> RabbitExchange:
+        """Where `events` sends what no binding matches (a fanout to the unrouted queue)."""
+        return RabbitExchange(f"{self.namespace}.unrouted", type=ExchangeType.FANOUT,
+                              durable=True, declare=self.declare)
+
+    @property
+    def unrouted_queue(self) -> RabbitQueue:
+        """Every event no queue was bound for, kept until ops reads or purges it."""
+        return RabbitQueue(f"{self.namespace}.unrouted", queue_type=QueueType.QUORUM,
+                           durable=True, declare=self.declare)
 
     @property
     def dead_letters(self) -> RabbitExchange:
@@ -134,19 +157,22 @@ def _patterns_overlap(a: list[str], b: list[str]) -> bool:
 
 
 async def declare_all(channel: Any, topology: Topology) -> list[str]:
-    """Declare both exchanges and every consumer queue with its bindings and dead-letter queue.
+    """Declare the exchanges, the unrouted queue and every consumer queue with its bindings and DLQ.
 
     Run before any service starts (`make run`, the e2e tests), so that no event published
-    early reaches only some of its consumers: `mandatory` detects *no* queue, not a missing one.
+    early reaches only some of its consumers: the alternate exchange would keep it, but in the
+    unrouted queue, not in the queue of the consumer that was not there yet.
     Returns the names of the queues declared.
     """
+    kept = await declare_unrouted(channel, topology)
     events = await channel.declare_exchange(
-        topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True
+        topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True,
+        arguments=topology.events_arguments,
     )
     dlx = await channel.declare_exchange(
         topology.dead_letters.name, aio_pika.ExchangeType.DIRECT, durable=True
     )
-    declared = []
+    declared = [kept]
     for service, queues in CONSUMER_QUEUES.items():
         for purpose, _ in queues:
             spec = consumer_queue(topology, service, purpose)
@@ -159,11 +185,24 @@ async def declare_all(channel: Any, topology: Topology) -> list[str]:
     return declared
 
 
+async def declare_unrouted(channel: Any, topology: Topology) -> str:
+    """The events exchange's alternate exchange and the queue it keeps; returns the queue's name."""
+    unrouted = await channel.declare_exchange(
+        topology.unrouted.name, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    kept = await channel.declare_queue(
+        topology.unrouted_queue.name, durable=True, arguments=topology.unrouted_queue.arguments
+    )
+    await kept.bind(unrouted)
+    return str(kept.name)
+
+
 def namespace_objects(namespace: str) -> tuple[list[str], list[str]]:
-    """Every queue (with its DLQ) and both exchanges a namespace's topology declares."""
-    queues = [q for name in known_queues(namespace) for q in (name, f"{name}.dlq")]
+    """Every queue (with its DLQ, and the unrouted queue) and exchange a namespace declares."""
     topology = Topology(namespace)
-    return queues, [topology.events.name, topology.dead_letters.name]
+    queues = [q for name in known_queues(namespace) for q in (name, f"{name}.dlq")]
+    return ([*queues, topology.unrouted_queue.name],
+            [topology.events.name, topology.dead_letters.name, topology.unrouted.name])
 
 
 async def delete_broker_objects(

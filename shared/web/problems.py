@@ -46,7 +46,7 @@ _STATUS: list[tuple[type[Refusal], int, str]] = [
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
            405: "Method not allowed", 409: "Conflict", 412: "Precondition failed",
            413: "Content too large", 415: "Unsupported media type", 422: "Unprocessable content",
-           428: "Precondition required", 429: "Too many requests"}
+           428: "Precondition required", 429: "Too many requests", 503: "Service unavailable"}
 
 
 class Problem(BaseModel):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -18,9 +20,9 @@ from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
 from shared.messaging.permissions import broker_user
 from shared.stack import ROOT, IsolatedStack, StackError
-from tests.conftest import Servers
+from tests.conftest import Servers, unique_name
 
-__all__ = ["ROOT", "Stack"]
+__all__ = ["ROOT", "Stack", "running_stack"]
 
 
 @dataclass
@@ -71,7 +73,13 @@ class Stack(IsolatedStack):
             if message is None:
                 await asyncio.sleep(0.05)
                 continue
-            event = json.loads(message.body)
+            try:
+                event = json.loads(message.body)
+            except (ValueError, RecursionError):
+                event = None
+            if (not isinstance(event, dict) or not isinstance(event.get("type"), str)
+                    or not isinstance(event.get("data"), dict)):
+                continue  # a test's deliberately broken message: no event to wait for
             event["_amqp"] = {"message_id": message.message_id,
                               "correlation_id": message.correlation_id,
                               "delivery_mode": message.delivery_mode,
@@ -80,18 +88,22 @@ class Stack(IsolatedStack):
         matching = [e for e in self.seen if predicate(e)]
         raise AssertionError(
             f"expected {count} matching events within {timeout}s, saw {len(matching)}; "
-            f"all seen: {[e['type'] for e in self.seen]}"
+            f"all seen: {[e.get('type') for e in self.seen]}"
         )
 
 
-@pytest.fixture(scope="session")
-async def stack(
-    servers: Servers, session_namespace: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    """Migrate four fresh databases, start the four services, load the sample ERP export."""
+@contextlib.asynccontextmanager
+async def running_stack(servers: Servers, namespace: str, log_dir: Path) -> AsyncIterator[Stack]:
+    """Migrate four fresh databases, start the four services, load the sample ERP export.
+
+    On the way out every service must stop by itself, cleanly, without a traceback.
+    """
     stack = Stack(
-        namespace=session_namespace, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
-        log_dir=tmp_path_factory.mktemp("service-logs"), secret=os.environ["SPINE_JWT_SECRET"],
+        namespace=namespace, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
+        log_dir=log_dir, secret=os.environ["SPINE_JWT_SECRET"],
+        # Two stacks can be up at once (the session's and a module's); at the default pool size
+        # they could take every connection of a stock PostgreSQL (max_connections = 100).
+        extra_env={"SPINE_DB_POOL_SIZE": "6"},
     )
     problems: list[str] = []
     try:
@@ -109,12 +121,29 @@ async def stack(
         await _load_reference_data(stack)
         yield stack
     finally:
-        # Every service must stop by itself, cleanly, without a traceback.
         problems = await stack.stop()
         if stack.connection is not None:
             await stack.connection.close()
         await stack.cleanup()
     assert not problems, f"{problems}\n{stack.log_text()}"
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    servers: Servers, session_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """The four services on fresh databases, with the sample ERP export loaded, for the session."""
+    async with running_stack(servers, session_namespace,
+                             tmp_path_factory.mktemp("service-logs")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def module_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory
+                       ) -> AsyncIterator[Stack]:
+    """A stack for one test module alone, for tests that read whole databases and every queue."""
+    async with running_stack(servers, unique_name(), tmp_path_factory.mktemp("stack-logs")) as running:
+        yield running
 
 
 async def _load_reference_data(stack: Stack) -> None:

@@ -43,9 +43,10 @@ from services.order import main as order_main
 from services.order.permissions import PERMISSIONS as ORDER
 from shared.db.engine import asyncpg_dsn
 from shared.db.migrate import drop_database, ensure_database, upgrade
-from shared.messaging.topology import delete_broker_objects
+from shared.messaging.topology import consumer_queues, delete_broker_objects
 from shared.runtime import Runtime
 from shared.tokens import ROLES, JwtVerifier
+from shared.web.dead_letters import PERMISSIONS as DEAD_LETTER_ROUTES
 from shared.web.permissions import PUBLIC_PATHS, MatrixMismatch, Permissions
 from tests.conftest import Servers
 
@@ -209,7 +210,33 @@ async def _customers_import(_: Service, __: str) -> Call:
     return Call("POST", "/imports", {"files": {"file": ("customers.csv", content, "text/csv")}})
 
 
+def _dead_letter_queue_of(svc: Service) -> str:
+    """A queue the service consumes (its dead letters are what the routes operate on)."""
+    queues = consumer_queues(svc.runtime.topology, svc.name)
+    return queues[0].name if queues else f"{svc.runtime.topology.namespace}.none"
+
+
+def _dead_letters(method: str, path: str) -> Prepare:
+    async def prepare(svc: Service, _: str) -> Call:
+        queue = _dead_letter_queue_of(svc)
+        url = path.format(queue=queue, message_id="m-none")
+        kwargs: dict[str, Any] = {}
+        if method == "POST":
+            kwargs["json"] = {"all": True}
+        if method == "DELETE":
+            kwargs["params"] = {"confirm": queue}
+        return Call(method, url, kwargs)
+    return prepare
+
+
+DEAD_LETTER_REQUESTS: dict[tuple[str, str, str], Prepare] = {
+    (service, method, path): _dead_letters(method, path)
+    for service in ("order", "dispatch", "notification", "erp_adapter")
+    for method, path in DEAD_LETTER_ROUTES
+}
+
 REQUESTS: dict[tuple[str, str, str], Prepare] = {
+    **DEAD_LETTER_REQUESTS,
     ("order", "POST", "/orders"): _fixed("POST", "/orders", json=_order_body()),
     ("order", "POST", "/orders/{order_id}/confirm"):
         _fixed("POST", f"/orders/{_some_id()}/confirm"),

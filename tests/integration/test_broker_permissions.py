@@ -28,6 +28,7 @@ from faststream.rabbit import RabbitBroker
 
 from services.dispatch import subscribers
 from shared.contracts.envelope import Actor, new_envelope
+from shared.messaging import dead_letters
 from shared.messaging.broker import make_broker
 from shared.messaging.permissions import OPS_USER, broker_user
 from shared.messaging.provenance import Senders
@@ -215,6 +216,68 @@ async def test_services_run_without_configure_rights_and_take_their_own_users_ev
         await broker.stop()
     [dispatch] = store.rows.values()
     assert dispatch.order_id == "o-1"
+
+
+async def test_an_event_nobody_binds_is_kept_in_the_unrouted_queue_under_a_services_own_rights(
+    restricted: Restricted,
+) -> None:
+    # order.received has no consumer in Spine: without the alternate exchange, `mandatory`
+    # would return it and it would wait in the order service's outbox for ever.
+    body = new_envelope(type="order.received", producer="order", data={"order_id": "o-1"},
+                        actor=Actor(id="order", role="system"))
+    conn = await restricted.connect("order")
+    try:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange("spine.events", ensure=False)
+        await exchange.publish(message(body, f"{restricted.prefix}order"),
+                               routing_key="order.received", mandatory=True, timeout=10)
+    finally:
+        await conn.close()
+    ops = await restricted.connect(OPS_USER)
+    try:
+        kept = await (await ops.channel()).declare_queue("spine.unrouted", passive=True)
+        got = await wait_for_one(kept)
+    finally:
+        await ops.close()
+    assert (got.message_id, got.routing_key) == (body["event_id"], "order.received")
+
+
+async def test_a_services_user_reads_and_purges_its_dead_letters_but_only_ops_may_replay_them(
+    restricted: Restricted,
+) -> None:
+    # What the /dead-letters routes meet in production: without SPINE_DEAD_LETTER_AMQP_URL
+    # they run as the service's user, which may not publish through the default exchange.
+    dlq = "spine.dispatch.order-confirmed.dlq"
+    ops = await restricted.connect(OPS_USER)
+    service = await restricted.connect("dispatch")
+    try:
+        channel = await ops.channel(publisher_confirms=True)
+        for n in range(2):
+            await channel.default_exchange.publish(
+                message(order_confirmed(order_id=f"o-{n}"), None), routing_key=dlq, timeout=10)
+        waiting, letters = await dead_letters.peek(service, dlq, 10)
+        assert waiting == 2 and len(letters) == 2
+
+        with pytest.raises(dead_letters.ReplayRefused, match="ACCESS_REFUSED"):
+            await dead_letters.replay(service, dlq, user_id=f"{restricted.prefix}dispatch")
+        # The broker closed the channel; what it held returns to the queue as it closes.
+        deadline = time.monotonic() + WAIT_S
+        while await dead_letters.count(service, dlq) != 2:
+            assert time.monotonic() < deadline, "a refused replay must take nothing"
+            await asyncio.sleep(0.05)
+
+        first = letters[0].message_id
+        done = await dead_letters.replay(ops, dlq, user_id=f"{restricted.prefix}{OPS_USER}",
+                                         message_id=first)
+        assert done.replayed == [first]
+        queue = await (await ops.channel()).declare_queue("spine.dispatch.order-confirmed",
+                                                          passive=True)
+        back = await wait_for_one(queue)
+        assert (back.message_id, back.user_id) == (first, f"{restricted.prefix}{OPS_USER}")
+        assert await dead_letters.purge(service, dlq) == 1
+    finally:
+        await service.close()
+        await ops.close()
 
 
 # ---------------------------------------------- open permissions: the consumers' check alone

@@ -225,7 +225,8 @@ async def test_a_relay_pass_cancelled_at_any_await_leaves_no_connection_in_a_tra
     try:
         channel = await connection.channel()
         await channel.declare_exchange(
-            topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True)
+            topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True,
+            arguments=topology.events_arguments)
         queue = await channel.declare_queue(
             rabbit_janitor.queue(f"{namespace}.probe"), exclusive=True)
         await queue.bind(topology.events.name, routing_key="widget.#")

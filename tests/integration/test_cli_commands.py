@@ -141,12 +141,13 @@ async def test_topology_declare_makes_every_known_queue_and_its_dead_letter_queu
 ) -> None:
     ran = await spine("topology", "declare")
     assert ran.code == 0, ran.err
-    assert ran.out.startswith(f"declared {namespace}.events (topic), {namespace}.dlx (direct) "
-                              "and 14 queues")
+    assert ran.out.startswith(
+        f"declared {namespace}.events (topic, alternate exchange {namespace}.unrouted), "
+        f"{namespace}.dlx (direct), {namespace}.unrouted (fanout) and 13 queues")
     connection = await aio_pika.connect(servers.amqp_url)
     try:
-        for name in known_queues(namespace):
-            for queue in (name, f"{name}.dlq"):
+        for name in [*known_queues(namespace), f"{namespace}.unrouted"]:
+            for queue in (name, f"{name}.dlq") if name != f"{namespace}.unrouted" else (name,):
                 channel = await connection.channel()
                 await channel.declare_queue(queue, passive=True)  # raises if it is missing
                 await channel.close()
@@ -155,14 +156,15 @@ async def test_topology_declare_makes_every_known_queue_and_its_dead_letter_queu
 
 
 async def test_dlq_list_on_a_fresh_namespace_counts_no_dead_letter_in_any_known_queue(
-    spine: Spine,
+    spine: Spine, namespace: str
 ) -> None:
     assert (await spine("topology", "declare")).code == 0
     ran = await spine("dlq", "list")
     assert ran.code == 0, ran.err
     lines = ran.out.splitlines()
-    assert lines[-1] == "0 dead letter(s) in 7 known dead-letter queue(s)"
-    assert all(line.endswith(": 0 dead letter(s)") for line in lines[:-1]) and len(lines) == 8
+    assert lines[-2:] == ["0 dead letter(s) in 6 known dead-letter queue(s)",
+                          f"{namespace}.unrouted: 0 event(s) no queue was bound for"]
+    assert all(line.endswith(": 0 dead letter(s)") for line in lines[:-2]) and len(lines) == 8
 
 
 async def test_dlq_list_of_a_queue_that_does_not_exist_says_so_and_exits_1(spine: Spine) -> None:
@@ -240,11 +242,36 @@ async def test_publishing_before_the_topology_is_declared_says_what_to_run(
     assert f"exchange {namespace}.events does not exist" in one_error_line(ran)
 
 
-async def test_publishing_what_no_queue_is_bound_for_is_refused(spine: Spine) -> None:
+async def test_publishing_what_no_queue_is_bound_for_keeps_it_in_the_unrouted_queue(
+    spine: Spine, servers: Servers, namespace: str
+) -> None:
     assert (await spine("topology", "declare")).code == 0
+    ran = await spine("publish-raw", "--routing-key", "nobody.listens", "--body", "x",
+                      "--message-id", "m-lonely")
+    assert ran.code == 0, ran.err
+    connection = await aio_pika.connect(servers.amqp_url)
+    try:
+        kept = await (await connection.channel()).declare_queue(f"{namespace}.unrouted",
+                                                                passive=True)
+        message = await kept.get(no_ack=True, timeout=5)
+    finally:
+        await connection.close()
+    assert (message.message_id, message.routing_key, message.body) == (
+        "m-lonely", "nobody.listens", b"x")
+
+
+async def test_publishing_where_even_the_unrouted_queue_is_missing_is_refused(
+    spine: Spine, servers: Servers, namespace: str
+) -> None:
+    assert (await spine("topology", "declare")).code == 0
+    connection = await aio_pika.connect(servers.amqp_url)
+    try:
+        await (await connection.channel()).queue_delete(f"{namespace}.unrouted")
+    finally:
+        await connection.close()
     ran = await spine("publish-raw", "--routing-key", "nobody.listens", "--body", "x")
     assert ran.code == 1
-    assert "no queue is bound for nobody.listens" in one_error_line(ran)
+    assert f"no queue took nobody.listens, not even {namespace}.unrouted" in one_error_line(ran)
 
 
 async def test_a_broker_that_does_not_answer_is_one_line_and_exit_1(spine: Spine) -> None:

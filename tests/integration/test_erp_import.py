@@ -26,6 +26,7 @@ from services.erp_adapter.config import Settings
 from services.erp_adapter.main import build
 from shared.auth import JwtVerifier
 from shared.db.migrate import downgrade, drop_database, ensure_database, upgrade
+from shared.messaging.topology import Topology
 from spine_cli import erp as erp_command
 from spine_cli import settings as cli_settings
 from spine_cli.main import main as spine
@@ -111,7 +112,8 @@ async def erp(
         db = await asyncpg.connect(f"{settings.pg_url}/{settings.database_name}")
         channel = await connection.channel()
         exchange = await channel.declare_exchange(
-            f"{unique}.events", aio_pika.ExchangeType.TOPIC, durable=True
+            f"{unique}.events", aio_pika.ExchangeType.TOPIC, durable=True,
+            arguments=Topology(unique).events_arguments,  # as the service's relay declares it
         )
         observed = await channel.declare_queue(f"{unique}.test.erp-observer", exclusive=True)
         await observed.bind(exchange, "erp.#")

@@ -429,19 +429,8 @@ async def test_a_producer_submitting_under_another_systems_name_is_dead_lettered
     # would go to webshop about a message webshop never sent.
     ref = _ref()
     sent = await svc.publish("ext.webshop.order.submitted", _submission(ref), producer="crm")
-    dlq = await svc.channel.declare_queue(
-        f"{svc.settings.namespace}.order.order-submitted.dlq", passive=True)
+    [message] = (await _dead_letters(svc, [sent["event_id"]])).values()
 
-    deadline = time.monotonic() + WAIT_S
-    message = None
-    while message is None and time.monotonic() < deadline:
-        message = await dlq.get(no_ack=False, fail=False)
-        if message is None:
-            await asyncio.sleep(0.1)
-    assert message is not None, "not dead-lettered"
-    await message.ack()
-
-    assert message.message_id == sent["event_id"]
     reason = str((message.headers or {}).get(ERROR_HEADER))
     assert "producer 'crm' may not publish ext.webshop.order.submitted" in reason
     assert await _orders_with_ref(svc, ref) == 0
@@ -457,23 +446,31 @@ async def test_garbage_and_broken_envelopes_land_in_the_dead_letter_queue_with_a
     await svc.publish_raw("ext.webshop.order.submitted",
                           json.dumps({"type": "ext.webshop.order.submitted"}).encode(),
                           message_id=broken_id)
-    dlq = await svc.channel.declare_queue(
-        f"{svc.settings.namespace}.order.order-submitted.dlq", passive=True)
-
-    reasons: dict[str, str] = {}
-    deadline = time.monotonic() + WAIT_S
-    while len(reasons) < 2 and time.monotonic() < deadline:
-        message = await dlq.get(no_ack=False, fail=False)
-        if message is None:
-            await asyncio.sleep(0.1)
-            continue
-        reasons[str(message.message_id)] = str((message.headers or {}).get(ERROR_HEADER))
-        await message.ack()
+    dead = await _dead_letters(svc, [garbage_id, broken_id])
+    reasons = {key: str((m.headers or {}).get(ERROR_HEADER)) for key, m in dead.items()}
 
     assert set(reasons) == {garbage_id, broken_id}
     assert "body is not JSON" in reasons[garbage_id]
     assert reasons[broken_id].startswith("contract violation:")
     assert "event_id" in reasons[broken_id]
+
+
+async def _dead_letters(
+    svc: OrderService, message_ids: list[str]
+) -> dict[str, aio_pika.abc.AbstractIncomingMessage]:
+    """The submissions queue's dead letters with these ids (others, from other tests, skipped)."""
+    dlq = await svc.channel.declare_queue(
+        f"{svc.settings.namespace}.order.order-submitted.dlq", passive=True)
+    found: dict[str, aio_pika.abc.AbstractIncomingMessage] = {}
+    deadline = time.monotonic() + WAIT_S
+    while len(found) < len(message_ids) and time.monotonic() < deadline:
+        message = await dlq.get(no_ack=True, fail=False)
+        if message is None:
+            await asyncio.sleep(0.1)
+        elif message.message_id in message_ids:
+            found[str(message.message_id)] = message
+    assert set(found) == set(message_ids), f"dead-lettered: {sorted(found)}"
+    return found
 
 
 async def test_replicas_keep_only_the_newest_version_of_a_product(svc: OrderService) -> None:

@@ -34,7 +34,7 @@ from shared.contracts.envelope import Actor, Contract, Envelope, new_envelope
 from shared.db.engine import make_engine
 from shared.messaging.broker import make_broker
 from shared.messaging.relay import OutboxRelay
-from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, Topology
+from shared.messaging.topology import ERROR_HEADER, QUEUE_HEADER, Topology, declare_unrouted
 from shared.uow import Duplicate
 from tests.faults import DelayingProxy
 from tests.integration.widget_schema import (
@@ -373,9 +373,29 @@ async def test_the_relay_reconnects_by_itself_after_losing_the_broker_and_sends_
     assert await scalar(engine, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
 
 
-async def test_an_unroutable_event_stays_unsent_with_its_error_until_a_queue_is_bound(
+async def test_an_event_no_queue_binds_is_kept_in_the_unrouted_queue_and_is_no_failure(
+    uow: WidgetUow, engine: AsyncEngine, relay: OutboxRelay, channel: AbstractChannel,
+    topology: Topology,
+) -> None:
+    await declare_unrouted(channel, topology)  # what `spine topology declare` does
+    event_id = await make_widget(uow, "w-1", routing_key="widget.lonely")
+
+    assert await relay.drain() == 1
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(OUTBOX))).one()
+    assert row.sent_at is not None and row.attempts == 1 and row.last_error is None
+    kept = await channel.declare_queue(topology.unrouted_queue.name, passive=True)
+    message = await _get(kept)
+    assert (message.message_id, message.routing_key) == (str(event_id), "widget.lonely")
+    assert message.exchange == topology.events.name
+    assert json.loads(message.body)["event_id"] == str(event_id)
+
+
+async def test_an_event_even_the_unrouted_queue_cannot_take_stays_unsent_until_a_queue_is_bound(
     uow: WidgetUow, engine: AsyncEngine, relay: OutboxRelay, probe: Any
 ) -> None:
+    # No `spine topology declare` ran, so the alternate exchange is missing: `mandatory` makes
+    # the broker return the event, and the relay keeps it rather than lose it.
     event_id = await make_widget(uow, "w-1", routing_key="widget.lonely")
 
     with pytest.raises(Exception, match="left unsent"):
@@ -398,7 +418,7 @@ async def test_an_unroutable_event_stays_unsent_with_its_error_until_a_queue_is_
     assert row.sent_at is not None and row.attempts == 2
 
 
-async def test_unroutable_events_do_not_hold_back_the_events_behind_them(
+async def test_returned_events_do_not_hold_back_the_events_behind_them(
     uow: WidgetUow, engine: AsyncEngine, new_relay: Callable[..., OutboxRelay], probe: Any
 ) -> None:
     recorder = await probe("widget.made")

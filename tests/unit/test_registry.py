@@ -66,7 +66,6 @@ def test_the_topology_declares_the_queues_and_bindings_the_registry_lists() -> N
         "ns.dispatch.order-confirmed": "order.confirmed",
         "ns.dispatch.order-cancelled": "order.cancelled",
         "ns.notification.events": "dispatch.#",
-        "ns.notification.order-events": "order.*",
     }
     assert known_queues("ns") == list(expected)
     topology = Topology("ns")

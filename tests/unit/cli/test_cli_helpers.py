@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 
+from shared.messaging import dead_letters, topology
+from shared.messaging.dead_letters import DeadLetter, jsonable, replay_headers
 from shared.messaging.topology import (
     DEAD_LETTERED_AT_HEADER,
     ERROR_HEADER,
     QUEUE_HEADER,
     ROUTING_KEY_HEADER,
 )
-from spine_cli.dlq import DeadLetter, dlq_name, replay_headers
+from spine_cli.dlq import dlq_name
 from spine_cli.orders import describe_event, parse_ship_to
 from spine_cli.settings import redact
 
@@ -25,6 +27,13 @@ class FakeMessage:
     body: bytes
     headers: dict[str, Any] = field(default_factory=dict)
     message_id: str | None = "m-1"
+    content_type: str | None = "application/json"
+
+
+def test_the_dead_letter_tools_read_the_headers_the_delivery_policy_writes() -> None:
+    # Repeated in shared.messaging.dead_letters so the CLI need not import FastStream.
+    for name in ("ERROR_HEADER", "QUEUE_HEADER", "ROUTING_KEY_HEADER", "DEAD_LETTERED_AT_HEADER"):
+        assert getattr(dead_letters, name) == getattr(topology, name), name
 
 
 @pytest.mark.parametrize("given", [
@@ -56,10 +65,24 @@ def test_a_dead_letter_without_spines_headers_is_described_from_the_brokers_x_de
         {"queue": "spine.dispatch.order-confirmed", "reason": "delivery_limit",
          "routing-keys": ["order.confirmed"], "time": at}]}, message_id=None)
     letter = DeadLetter.of(message, "spine.dispatch.order-confirmed.dlq")  # type: ignore[arg-type]
-    assert (letter.message_id, letter.reason, letter.routing_key) == ("(none)", "delivery_limit",
+    assert (letter.message_id, letter.reason, letter.routing_key) == ("", "delivery_limit",
                                                                       "order.confirmed")
     assert letter.dead_lettered_at == at.isoformat()
     assert len(letter.preview) == 100 and letter.preview.endswith("…")
+
+
+def test_a_dead_letter_in_full_is_json_with_every_header_and_the_exact_body() -> None:
+    at = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    message = FakeMessage(b"\xff\x00 not utf-8", headers={
+        ERROR_HEADER: b"UnicodeDecodeError: body is not JSON",
+        "x-death": [{"time": at, "count": 1, "routing-keys": [b"k"]}]})
+    detail = DeadLetter.of(message, "spine.order.x.dlq").detail()  # type: ignore[arg-type]
+    assert json.loads(json.dumps(detail)) == detail
+    assert detail["reason"] == "UnicodeDecodeError: body is not JSON"
+    assert detail["headers"]["x-death"] == [{"time": at.isoformat(), "count": 1,
+                                              "routing-keys": ["k"]}]
+    assert detail["body_is_utf8"] is False and detail["body_base64"] == "/wAgbm90IHV0Zi04"
+    assert jsonable(datetime(2026, 1, 1, 12)) == "2026-01-01T12:00:00+00:00"
 
 
 def test_a_replay_drops_the_dead_lettering_history_and_keeps_the_original_routing_key() -> None:

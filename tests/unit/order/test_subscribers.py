@@ -101,7 +101,7 @@ async def test_a_submission_becomes_an_order_from_the_system_its_routing_key_nam
     assert harness.uow.inbox == {(SUBMITTED_QUEUE, body["event_id"])}
 
 
-async def test_an_invalid_order_is_answered_with_order_rejected_and_readable_reasons(
+async def test_an_invalid_order_is_answered_with_readable_reasons_and_dead_lettered(
     harness: Harness,
 ) -> None:
     data = {**SUBMISSION, "ship_to": {**SHIP_TO, "country": "de"},
@@ -109,7 +109,10 @@ async def test_an_invalid_order_is_answered_with_order_rejected_and_readable_rea
     await harness.publish("ext.webshop.order.submitted",
                           envelope("ext.webshop.order.submitted", data))
 
-    assert not harness.stores.orders.rows and not harness.dead
+    assert not harness.stores.orders.rows
+    [headers] = harness.dead
+    assert headers[ERROR_HEADER] == ("contract violation: ship_to.country: must be a two-letter "
+                                     "ISO 3166 code; line 3: quantity must be greater than 0")
     [(_, _, wire)] = harness.uow.published
     assert wire.type == "order.rejected"
     assert (wire.data["source"], wire.data["external_ref"]) == ("webshop", "WS-1")
@@ -183,8 +186,10 @@ async def test_answers_also_go_to_the_reply_to_queue_the_sender_named(harness: H
                                      message_id=body["event_id"], user_id="guest",
                                      content_type="application/json", reply_to="webshop.answers")
 
-    # Only Spine's answers: FastStream's own reply (the handler's return value) is switched off.
-    assert not harness.dead
+    # Only Spine's answers: FastStream's own reply (the handler's return value) is switched off,
+    # so nothing comes back to the subscriber as an unknown message.
+    [headers] = harness.dead
+    assert headers[ERROR_HEADER].startswith("contract violation: lines"), headers
     assert harness.uow.replies == [("webshop.answers", "order.received"),
                                    ("webshop.answers", "order.rejected")]
 
