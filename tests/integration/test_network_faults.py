@@ -99,12 +99,13 @@ async def test_a_relay_whose_broker_connection_goes_half_dead_publishes_on_a_new
     stuck_session_watch.expected.add("spine-widgets")
     connection = await aio_pika.connect(servers.amqp_url)
     channel = await connection.channel()
-    events = await channel.declare_exchange(f"{namespace}.events", aio_pika.ExchangeType.TOPIC,
-                                            durable=True)
+    topology = Topology(namespace)
+    events = await channel.declare_exchange(topology.events.name, aio_pika.ExchangeType.TOPIC,
+                                            durable=True, arguments=topology.events_arguments)
     received = await channel.declare_queue(rabbit_janitor.queue(f"{namespace}.widgets"), durable=True)
     await received.bind(events, "widget.#")
     relay = OutboxRelay(widgets, with_heartbeat(proxy_to_broker.url(servers.amqp_url)),
-                        Topology(namespace), name="widgets", poll_interval_s=0.2)
+                        topology, name="widgets", poll_interval_s=0.2)
     relaying = asyncio.create_task(relay.run())
     uow = widget_unit_of_work(widgets, "widgets")
     seen: set[str] = set()
