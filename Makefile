@@ -20,7 +20,7 @@ ERP_SAMPLES := samples/erp/customers.csv samples/erp/products.json
 LIMIT_DIR ?= $(CURDIR)/../shared/bench/limit
 
 .PHONY: help venv env services-up migrate topology run test test-unit test-integration test-e2e \
-	bench lint clean distclean
+	soak bench lint clean distclean
 
 help: ## list the targets (the default)
 	@if [ -t 1 ]; then c='\033[36m'; r='\033[0m'; else c=; r=; fi; \
@@ -74,6 +74,10 @@ test-integration: venv env services-up ## integration tests (real PostgreSQL and
 
 test-e2e: venv env services-up ## end-to-end tests (the services as real processes)
 	$(PYTEST) tests/e2e -q $(PYTEST_ARGS)
+
+SOAK_ARGS ?= --orders 10000 --rate 15 --kills 20 --rabbit-graceful 1 --rabbit-kills 1 --pg-restarts 1
+soak: venv env ## the large chaos run on private servers (SOAK_ARGS="--seed N ..." replays one)
+	$(PY) -m tests.chaos.run $(SOAK_ARGS)
 
 bench: venv env services-up ## Spine vs the reference pipeline, interleaved (BENCH_ARGS="--rounds 1 -n 1000")
 	$(PY) bench/run.py --limit-dir "$(LIMIT_DIR)" $(BENCH_ARGS)

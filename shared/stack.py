@@ -202,10 +202,11 @@ class IsolatedStack:
         self.queues = sorted(set(self.queues) | set(declared))
 
     def spawn(self) -> None:
-        """Start every service as a process on a free port, logging to `log_path(service)`."""
+        """Start every service as a process, on its port in `ports` or a free one; logs to `log_path`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in self.services:
-            self.ports[service.name] = free_port()
+            if service.name not in self.ports:
+                self.ports[service.name] = free_port()
             self.procs[service.name] = spawn_service(
                 service, self.env(service.name), self.log_path(service.name)
             )

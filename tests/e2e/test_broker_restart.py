@@ -3,8 +3,9 @@
 When RabbitMQ closes a connection, aiormq cancels every consumer task still running. A
 cancellation that lands while a unit of work awaits BEGIN used to leave its pooled connection
 inside a transaction, after which later messages were acked with nothing committed — 40 to 155
-events lost in about one restart in five. This restarts the real broker (`rabbitmqctl
-stop_app` / `start_app`) twice while the notification service, a real process, consumes a
+events lost in about one restart in five. This restarts a real broker (`rabbitmqctl
+stop_app` / `start_app`) twice — a private RabbitMQ node of the test's own (tests.chaos.servers),
+never the one other tests share — while the notification service, a real process, consumes a
 backlog, and checks every confirmed event against the service's inbox. Through the same
 restarts an outbox relay (in this process) publishes events committed all along, and every one
 of them must reach the broker.
@@ -16,11 +17,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,25 @@ from shared.messaging.permissions import broker_user
 from shared.messaging.relay import OutboxRelay
 from shared.messaging.topology import Topology
 from shared.stack import IsolatedStack
+from tests.chaos.servers import PrivateRabbit, private_servers_available
 from tests.conftest import Servers
 from tests.integration.widget_schema import OUTBOX, WidgetUow, create_schema, widget_unit_of_work
 
 RESTARTS = 2
 OUTAGE_S = 2.0
 
-pytestmark = pytest.mark.skipif(shutil.which("rabbitmqctl") is None,
-                                reason="needs the local RabbitMQ's rabbitmqctl to restart it")
+pytestmark = pytest.mark.skipif(private_servers_available() is not None,
+                                reason=f"private servers: {private_servers_available()}")
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+@pytest.fixture
+def rabbit() -> Iterator[PrivateRabbit]:
+    """A RabbitMQ node of this test's own: restarting it disturbs no other test."""
+    node = PrivateRabbit().start()
+    try:
+        yield node
+    finally:
+        node.destroy()
 
 
 async def broker_answers(amqp_url: str, timeout: float = 60.0) -> None:
@@ -146,7 +152,7 @@ class OutboxLoad:
 
 @pytest.fixture
 async def outbox_load(
-    servers: Servers, namespace: str, notification: dict[str, Any]
+    servers: Servers, rabbit: PrivateRabbit, namespace: str, notification: dict[str, Any]
 ) -> AsyncIterator[tuple[OutboxLoad, aio_pika.abc.AbstractQueue]]:
     """A producer with its own outbox and relay, and a durable queue for what it publishes."""
     database = f"{namespace}_widgets"
@@ -155,12 +161,12 @@ async def outbox_load(
     engine = make_engine(f"{pg_async}/{database}", pool_size=2, service="widgets")
     async with engine.begin() as conn:
         await conn.run_sync(create_schema)
-    connection = await aio_pika.connect_robust(servers.amqp_url)
+    connection = await aio_pika.connect_robust(rabbit.amqp_url)
     channel = await connection.channel()
     # Durable and persistent, so what the broker confirmed before a restart is still there.
     received = await channel.declare_queue(f"{namespace}.widgets", durable=True)
     await received.bind(f"{namespace}.events", "widget.#")
-    relay = OutboxRelay(engine, servers.amqp_url, Topology(namespace), name="widgets",
+    relay = OutboxRelay(engine, rabbit.amqp_url, Topology(namespace), name="widgets",
                         poll_interval_s=0.5)
     relaying = asyncio.create_task(relay.run())
     try:
@@ -185,10 +191,10 @@ async def message_ids_in(queue: aio_pika.abc.AbstractQueue) -> set[str]:
 
 @pytest.fixture
 async def notification(
-    servers: Servers, namespace: str, tmp_path: Path
+    servers: Servers, rabbit: PrivateRabbit, namespace: str, tmp_path: Path
 ) -> AsyncIterator[dict[str, Any]]:
     """The notification service alone, as a process, on its own database and namespace."""
-    stack = IsolatedStack(namespace=namespace, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
+    stack = IsolatedStack(namespace=namespace, pg_url=servers.pg_url, amqp_url=rabbit.amqp_url,
                           log_dir=tmp_path, secret=os.environ["SPINE_JWT_SECRET"],
                           services=(registry.NOTIFICATION,))
     try:
@@ -221,12 +227,12 @@ async def handled(dsn: str) -> set[str]:
 
 
 async def test_every_event_confirmed_around_broker_restarts_has_its_inbox_row(
-    servers: Servers, namespace: str, notification: dict[str, Any],
+    rabbit: PrivateRabbit, namespace: str, notification: dict[str, Any],
     outbox_load: tuple[OutboxLoad, aio_pika.abc.AbstractQueue],
 ) -> None:
     producer, widgets = outbox_load
     producing = asyncio.create_task(producer.run())
-    publisher = Publisher(servers.amqp_url, namespace)
+    publisher = Publisher(rabbit.amqp_url, namespace)
     publishing = asyncio.create_task(publisher.run())
     try:
         for _ in range(RESTARTS):
@@ -235,10 +241,10 @@ async def test_every_event_confirmed_around_broker_restarts_has_its_inbox_row(
             while len(publisher.confirmed) < started + 600:
                 assert not publishing.done(), publishing
                 await asyncio.sleep(0.05)
-            await asyncio.to_thread(rabbitmqctl, "stop_app")
+            await asyncio.to_thread(rabbit.stop_app)
             await asyncio.sleep(OUTAGE_S)
-            await asyncio.to_thread(rabbitmqctl, "start_app")
-            await broker_answers(servers.amqp_url)
+            await asyncio.to_thread(rabbit.start_app)
+            await broker_answers(rabbit.amqp_url)
         await asyncio.sleep(2.0)  # more load after the last restart, on the healed service
     finally:
         publisher.stop()
