@@ -25,6 +25,9 @@ def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
+STATEMENT_TIMEOUT_S = 10.0
+
+
 def make_engine(url: str, *, pool_size: int = 16, service: str = "spine") -> AsyncEngine:
     """An engine whose connections are ready for the hot path (statement cache, no JIT)."""
     engine = create_async_engine(
@@ -36,7 +39,13 @@ def make_engine(url: str, *, pool_size: int = 16, service: str = "spine") -> Asy
         max_overflow=0,
         pool_timeout=60,
         pool_pre_ping=False,
-        connect_args={"server_settings": {"application_name": f"spine-{service}", "jit": "off"}},
+        connect_args={
+            "server_settings": {"application_name": f"spine-{service}", "jit": "off"},
+            # A statement that gets no answer (a half-dead connection, a stuck server) fails
+            # after this long instead of hanging its unit of work forever; the connection is
+            # then discarded and the message held until a fresh one answers.
+            "command_timeout": STATEMENT_TIMEOUT_S,
+        },
     )
     event.listen(engine.sync_engine, "checkout", _refuse_a_session_inside_a_transaction)
     return engine
