@@ -28,7 +28,6 @@ from services.notification.config import Settings
 from services.notification.main import build
 from shared.contracts.envelope import Actor, new_envelope
 from shared.db.engine import asyncpg_dsn
-from shared.db.migrate import upgrade
 from shared.messaging import dead_letters
 from shared.messaging.permissions import broker_user
 from shared.messaging.topology import (
@@ -40,7 +39,7 @@ from shared.messaging.topology import (
     namespace_objects,
 )
 from shared.tokens import JwtVerifier
-from tests.conftest import DatabaseFactory, RabbitJanitor, Servers
+from tests.conftest import RabbitJanitor, Servers, service_database
 
 pytestmark = pytest.mark.integration
 
@@ -129,30 +128,29 @@ class Notification:
 
 @pytest.fixture
 async def notification(
-    servers: Servers, namespace: str, databases: DatabaseFactory, rabbit_janitor: RabbitJanitor,
+    servers: Servers, namespace: str, rabbit_janitor: RabbitJanitor,
 ) -> AsyncIterator[Notification]:
-    await databases("notification")
-    settings = Settings(_env_file=None, pg_url=servers.pg_url,  # type: ignore[call-arg]
-                        amqp_url=servers.amqp_url, db_prefix=namespace, namespace=namespace,
-                        jwt_secret=SECRET)
-    await asyncio.to_thread(upgrade, "notification", settings.database_url)
-    for queue in namespace_objects(namespace)[0]:
-        rabbit_janitor.queue(queue)
-    connection = await aio_pika.connect(servers.amqp_url)
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare_all(channel, Topology(namespace))
-        _, app = build(settings)
-        db = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    async with service_database(servers.pg_url, "notification", namespace) as password:
+        settings = Settings(_env_file=None, pg_url=servers.pg_url,  # type: ignore[call-arg]
+                            amqp_url=servers.amqp_url, db_prefix=namespace, namespace=namespace,
+                            jwt_secret=SECRET, db_password=password)
+        for queue in namespace_objects(namespace)[0]:
+            rabbit_janitor.queue(queue)
+        connection = await aio_pika.connect(servers.amqp_url)
         try:
-            async with app.router.lifespan_context(app), httpx.AsyncClient(
-                transport=httpx.ASGITransport(app), base_url="http://notification"
-            ) as http:
-                yield Notification(servers, namespace, http, db, channel)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await declare_all(channel, Topology(namespace))
+            _, app = build(settings)
+            db = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+            try:
+                async with app.router.lifespan_context(app), httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app), base_url="http://notification"
+                ) as http:
+                    yield Notification(servers, namespace, http, db, channel)
+            finally:
+                await db.close()
         finally:
-            await db.close()
-    finally:
-        await connection.close()
+            await connection.close()
 
 
 # ------------------------------------------------------------------------------ the CLI

@@ -164,7 +164,14 @@ def _aim(case: Any, seeded: Seeded, turn: int) -> None:
     body = case.body
     if case.method == "POST" and case.path == "/orders" and isinstance(body, dict):
         body.update(customer_id="C-1", requested_ship_date="2027-01-15")
-        for line in body.get("lines") or []:
+        if turn % 4 == 0:  # now and then, a whole valid order: its 201 must be reachable too
+            body.pop("external_ref", None)
+            body.update(priority="normal", ship_to={
+                "name": "Fuzz Works", "street": "1 Test Road", "city": "Linz",
+                "postal_code": "4020", "country": "AT"},
+                lines=[{"line_no": 1, "product_id": "P-1", "quantity": "2", "uom": "EA"}])
+        lines = body.get("lines")
+        for line in lines if isinstance(lines, list) else []:  # negative cases send anything
             if isinstance(line, dict) and "product_id" in line:
                 line.update(product_id="P-1", quantity="2", uom="EA")
 
