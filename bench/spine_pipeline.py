@@ -329,6 +329,10 @@ async def verify(stack: Stack, measured: list[uuid.UUID], warmup: list[uuid.UUID
         checks[f"{label}orders_stored_distinct"] = row["d"]
     checks["outbox_unsent"] = await unsent_outbox(stack)
     depths = await queue_depths(stack)
+    # The unrouted queue keeps, by design, the events nobody binds (order.received and
+    # order.rejected when no outside system listens): counted, not residue.
+    unrouted = f"{stack.namespace}.unrouted"
+    checks["unrouted"] = depths.pop(unrouted, 0)
     checks["queues_left"] = sum(v for k, v in depths.items() if not k.endswith(".dlq"))
     checks["dead_letters"] = sum(v for k, v in depths.items() if k.endswith(".dlq"))
     checks["queues_nonempty"] = {k: v for k, v in depths.items() if v}
