@@ -90,16 +90,22 @@ async def test_an_if_match_that_is_no_storable_version_is_a_400(if_match: bytes)
     assert uow.commits == 0
 
 
-async def test_a_transition_with_an_unknown_field_is_a_422_and_changes_nothing() -> None:
+def pending_dispatch(order_id: str) -> tuple[Any, Any, Dispatch]:
+    """A fake unit of work whose store holds one pending dispatch for `order_id`."""
     uow, store = fake_unit_of_work()
     dispatch = Dispatch.open_for(OrderSnapshot(
-        order_id="o-1", external_ref=None, source=None, customer_id="C-1",
+        order_id=order_id, external_ref=None, source=None, customer_id="C-1",
         requested_ship_date="2026-12-24", priority="normal",
         ship_to={"name": "n", "street": "s", "city": "c", "postal_code": "1", "country": "AT"},
         lines=[{"line_no": 1, "product_id": "P-1", "quantity": "1", "uom": "EA"}],
     ), dispatch_id=str(uuid.uuid4()), correlation_id=uuid.uuid4())
     store.stage(dispatch.id, dispatch)
     store.commit()
+    return uow, store, dispatch
+
+
+async def test_a_transition_with_an_unknown_field_is_a_422_and_changes_nothing() -> None:
+    uow, store, dispatch = pending_dispatch("o-1")
 
     response = await call(app_of(dispatch_api.router, uow), "POST",
                           f"/dispatches/{dispatch.id}/transitions",
@@ -112,15 +118,7 @@ async def test_a_transition_with_an_unknown_field_is_a_422_and_changes_nothing()
 
 
 async def test_transition_evidence_with_an_unknown_key_is_a_422_naming_it_and_changes_nothing() -> None:
-    uow, store = fake_unit_of_work()
-    dispatch = Dispatch.open_for(OrderSnapshot(
-        order_id="o-2", external_ref=None, source=None, customer_id="C-1",
-        requested_ship_date="2026-12-24", priority="normal",
-        ship_to={"name": "n", "street": "s", "city": "c", "postal_code": "1", "country": "AT"},
-        lines=[{"line_no": 1, "product_id": "P-1", "quantity": "1", "uom": "EA"}],
-    ), dispatch_id=str(uuid.uuid4()), correlation_id=uuid.uuid4())
-    store.stage(dispatch.id, dispatch)
-    store.commit()
+    uow, store, dispatch = pending_dispatch("o-2")
 
     response = await call(app_of(dispatch_api.router, uow), "POST",
                           f"/dispatches/{dispatch.id}/transitions",
