@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The roles a person's token may carry (DESIGN.md, Roles); services and outside systems act
+# as the role `system` (`shared.workflow.SYSTEM`), which no person holds.
+ROLES = ("sales", "planner", "warehouse", "shipping", "supervisor", "integration", "ops")
+
 
 @dataclass(frozen=True)
 class Actor:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -51,6 +51,8 @@ class Runtime:
     relay: OutboxRelay
     # Until the broker is connected and the consumers started: why not (None once they are).
     messaging_pending: str | None = "not connected yet"
+    # Background loops of the service (a timer), run beside the consumers: name → coroutine.
+    workers: dict[str, Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=dict)
     _messaging: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
@@ -128,6 +130,8 @@ class Runtime:
         messaging = self._messaging = asyncio.create_task(
             self.start_messaging(), name=f"{self.name}-messaging")
         relay = asyncio.create_task(self.relay.run(), name=f"{self.name}-relay")
+        workers = [asyncio.create_task(run(), name=f"{self.name}-{name}")
+                   for name, run in self.workers.items()]
         # With the broker up, the consumers run before the first request is served; with it
         # down, the service serves (not ready) and its consumers start when the broker is back.
         await asyncio.wait([messaging], timeout=_FIRST_CONNECT_WAIT_S)
@@ -140,8 +144,9 @@ class Runtime:
             # Stop taking messages first; in-flight ones finish and are acked (or are redelivered
             # if they cannot finish in the graceful timeout). Events they committed but the relay
             # had no time to send stay in the outbox and go out at the next start.
-            messaging.cancel()
-            await asyncio.gather(messaging, return_exceptions=True)
+            for task in (messaging, *workers):
+                task.cancel()
+            await asyncio.gather(messaging, *workers, return_exceptions=True)
             await self.broker.stop()
             await self.relay.stop()
             await asyncio.gather(relay, return_exceptions=True)

@@ -19,10 +19,9 @@ import jwt
 from jwt import PyJWK
 
 from shared.contracts.envelope import Actor
+from shared.domain import ROLES as ROLES  # the plant's roles, re-exported where tokens are read
 
 log = logging.getLogger("spine.tokens")
-
-ROLES = ("sales", "planner", "warehouse", "shipping", "supervisor", "integration", "ops")
 
 
 @dataclass(frozen=True)

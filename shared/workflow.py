@@ -106,6 +106,14 @@ class Rule(Generic[S, E]):
     guards: tuple[Guard[E], ...] = ()
     reason_required: bool = False
     approval: str | None = None  # the approval kind when a second person must agree
+    # When only some requests of the edge need that approval: (entity, stored evidence) → True.
+    approval_when: Callable[[E, dict[str, Any]], bool] | None = None
+
+    def needs_approval(self, entity: E, evidence: dict[str, Any]) -> str | None:
+        """The approval kind this request of the edge needs, or None."""
+        if self.approval and (self.approval_when is None or self.approval_when(entity, evidence)):
+            return self.approval
+        return None
 
     def acting_role(self, roles: frozenset[str]) -> str:
         """The role the audit names: the first of the caller's roles this edge allows."""
@@ -120,6 +128,8 @@ class Decision(Generic[S, E]):
     rule: Rule[S, E]
     acting_role: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    # Set when the request is valid but is only a request: a second person must approve it.
+    approval: str | None = None
 
 
 S_co = TypeVar("S_co", bound=StrEnum, covariant=True)
@@ -177,12 +187,15 @@ class Workflow(Generic[S, ES]):
         expected_version: int | None,
         reason: str = "",
         evidence: Mapping[str, Any] | None = None,
+        approved: bool = False,
     ) -> Decision[S, ES]:
         """Check one requested transition against the table; raise the first refusal that applies.
 
         The order is what a caller can act on: who they are, then whether they read the current
-        version, then whether the edge exists, its roles, its reason, its approval, its guards
-        and its evidence. `expected_version` None skips the stale check (the caller did not say).
+        version, then whether the edge exists, its roles, its reason, its guards and its
+        evidence. A valid request of an edge that needs a second person comes back with the
+        decision's `approval` set (nothing is applied yet), unless it is being `approved` now.
+        `expected_version` None skips the stale check (the caller did not say).
         """
         if not roles & self.roles_for_target(target):
             raise Forbidden(f"no role of {sorted(roles)} may move a {self.entity} to {target}")
@@ -198,11 +211,6 @@ class Workflow(Generic[S, ES]):
                             f"caller has {sorted(roles)}")
         if rule.reason_required and not reason.strip():
             raise InvalidInput([f"a reason is required for {entity.status} → {target}"])
-        if rule.approval:
-            raise ApprovalRequired(
-                f"{entity.status} → {target} needs a second supervisor's approval",
-                approval=rule.approval,
-            )
         for guard in rule.guards:
             refusal = guard.check(entity)
             if refusal is not None:
@@ -215,4 +223,5 @@ class Workflow(Generic[S, ES]):
             raise InvalidInput([f"evidence.{key} is unknown for {entity.status} → {target}: "
                                 f"{shape}" for key in unknown])
         stored = rule.evidence.check(entity, given, roles) if rule.evidence else {}
-        return Decision(rule, rule.acting_role(roles), stored)
+        approval = None if approved else rule.needs_approval(entity, stored)
+        return Decision(rule, rule.acting_role(roles), stored, approval)

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from services.dispatch import api, permissions, publishers, subscribers
 from services.dispatch.config import Settings
+from services.dispatch.escalation import run_escalation_timer
 from services.dispatch.unit_of_work import NAME, sql_unit_of_work
 from shared.runtime import Runtime
 from shared.web.dead_letters import dead_letters_router
@@ -13,10 +14,13 @@ from shared.web.dead_letters import dead_letters_router
 
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
-    runtime = Runtime.build(NAME, settings or Settings())
+    settings = settings or Settings()
+    runtime = Runtime.build(NAME, settings)
     uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow)
-    return runtime, runtime.app(routers=[api.router, dead_letters_router(NAME)], uow=uow,
+    runtime.workers["escalation"] = lambda: run_escalation_timer(uow, settings.escalation_interval_s)
+    return runtime, runtime.app(routers=[api.router, api.exceptions_router, api.approvals_router,
+                                         dead_letters_router(NAME)], uow=uow,
                                 permissions=permissions.PERMISSIONS,
                                 published=publishers.PUBLISHED)
 

@@ -1,9 +1,16 @@
-"""Persistence of the dispatch aggregate (async SQLAlchemy Core: no ORM loading on the hot path)."""
+"""Persistence of the dispatch aggregate (async SQLAlchemy Core: no ORM loading on the hot path).
+
+A dispatch is read with its exceptions and approval requests (a handful per dispatch), and
+written back by comparing versions with what was read: the row must
+still be at the version the change was decided on, and only the records that changed are
+written.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -11,8 +18,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.dispatch.domain import Dispatch, Line, Status
-from services.dispatch.tables import dispatch
+from services.dispatch.domain import (
+    Approval,
+    ApprovalKind,
+    ApprovalStatus,
+    Dispatch,
+    ExceptionRecord,
+    ExceptionStatus,
+    Line,
+    Status,
+)
+from services.dispatch.tables import dispatch, dispatch_approval, dispatch_exception
 
 Track = Callable[[Dispatch], Dispatch]
 
@@ -28,8 +44,20 @@ class DispatchRepository(Protocol):
 
     async def get_by_order(self, order_id: str, *, for_update: bool = False) -> Dispatch | None: ...
 
+    async def get_by_exception(self, exception_id: uuid.UUID) -> Dispatch | None:
+        """The dispatch an exception belongs to, locked for update."""
+        ...
+
+    async def get_by_approval(self, approval_id: uuid.UUID) -> Dispatch | None:
+        """The dispatch an approval request belongs to, locked for update."""
+        ...
+
+    async def overdue(self, now: datetime, *, limit: int) -> list[uuid.UUID]:
+        """Dispatches with an open or acknowledged exception due by `now` (not locked)."""
+        ...
+
     async def save(self, entity: Dispatch) -> None:
-        """Store the changes of a loaded dispatch (its version was bumped by the change)."""
+        """Store the changes of a loaded dispatch and of its exceptions and approvals."""
         ...
 
 
@@ -37,9 +65,31 @@ class DispatchRepository(Protocol):
 _INSERT_DISPATCH = (
     pg_insert(dispatch).on_conflict_do_nothing(index_elements=["order_id"]).returning(dispatch.c.id)
 )
-_SELECT = sa.select(dispatch.c.id, dispatch.c.order_id, dispatch.c.status, dispatch.c.version,
-                    dispatch.c.lines, dispatch.c.held_from, dispatch.c.facts,
-                    dispatch.c.correlation_id)
+_EXCEPTIONS = (
+    sa.select(sa.func.coalesce(sa.func.json_agg(sa.text("x ORDER BY x.opened_at, x.id")),
+                               sa.text("'[]'::json")))
+    .select_from(dispatch_exception.alias("x"))
+    .where(sa.text("x.dispatch_id = dispatch.id"))
+    .scalar_subquery()
+)
+_APPROVALS = (
+    sa.select(sa.func.coalesce(sa.func.json_agg(sa.text("a ORDER BY a.requested_at, a.id")),
+                               sa.text("'[]'::json")))
+    .select_from(dispatch_approval.alias("a"))
+    .where(sa.text("a.dispatch_id = dispatch.id"))
+    .scalar_subquery()
+)
+_COLUMNS = (dispatch.c.id, dispatch.c.order_id, dispatch.c.status, dispatch.c.version,
+            dispatch.c.lines, dispatch.c.held_from, dispatch.c.facts, dispatch.c.correlation_id)
+_SELECT = sa.select(*_COLUMNS, _EXCEPTIONS.label("exceptions"), _APPROVALS.label("approvals"))
+# Locking reads take two statements: a statement that waited for the row lock sees the row as
+# the other transaction left it, but its sub-selects still see its own (older) snapshot, so the
+# records are read after the lock is held, by a statement with a fresh snapshot.
+_LOCK = sa.select(*_COLUMNS).with_for_update()
+_RECORDS = sa.select(_EXCEPTIONS.label("exceptions"), _APPROVALS.label("approvals")).where(
+    dispatch.c.id == sa.bindparam("dispatch_id"))
+_STATUS_AT = {ExceptionStatus.ACKNOWLEDGED: "acknowledged_at",
+              ExceptionStatus.ESCALATED: "escalated_at", ExceptionStatus.RESOLVED: "resolved_at"}
 
 
 class SqlAlchemyDispatchRepository:
@@ -48,6 +98,8 @@ class SqlAlchemyDispatchRepository:
     def __init__(self, conn: AsyncConnection, track: Track) -> None:
         self.conn = conn
         self.track = track
+        # What was read (id → version, status), to write back only what changed since.
+        self._read: dict[str, tuple[int, str]] = {}
 
     async def add(self, entity: Dispatch) -> bool:
         order = entity.order
@@ -62,38 +114,123 @@ class SqlAlchemyDispatchRepository:
         })
         if result.first() is None:
             return False
+        self._read[entity.id] = (entity.version, entity.status.value)
         self.track(entity)
         return True
 
     async def get(self, dispatch_id: uuid.UUID, *, for_update: bool = False) -> Dispatch | None:
-        query = _SELECT.where(dispatch.c.id == dispatch_id)
-        if for_update:
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).mappings().first()
-        return self.track(_to_entity(row)) if row else None
+        return await self._one(dispatch.c.id == dispatch_id, for_update)
 
     async def get_by_order(self, order_id: str, *, for_update: bool = False) -> Dispatch | None:
-        query = _SELECT.where(dispatch.c.order_id == order_id)
+        return await self._one(dispatch.c.order_id == order_id, for_update)
+
+    async def get_by_exception(self, exception_id: uuid.UUID) -> Dispatch | None:
+        owner = sa.select(dispatch_exception.c.dispatch_id).where(
+            dispatch_exception.c.id == exception_id).scalar_subquery()
+        return await self._one(dispatch.c.id == owner, True)
+
+    async def get_by_approval(self, approval_id: uuid.UUID) -> Dispatch | None:
+        owner = sa.select(dispatch_approval.c.dispatch_id).where(
+            dispatch_approval.c.id == approval_id).scalar_subquery()
+        return await self._one(dispatch.c.id == owner, True)
+
+    async def overdue(self, now: datetime, *, limit: int) -> list[uuid.UUID]:
+        rows = await self.conn.execute(
+            sa.select(dispatch_exception.c.dispatch_id)
+            .where(dispatch_exception.c.status.in_(("open", "acknowledged")),
+                   dispatch_exception.c.due_at <= now)
+            .group_by(dispatch_exception.c.dispatch_id)
+            .order_by(sa.func.min(dispatch_exception.c.due_at))
+            .limit(limit))
+        return [row[0] for row in rows]
+
+    async def _one(self, where: Any, for_update: bool) -> Dispatch | None:
         if for_update:
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).mappings().first()
-        return self.track(_to_entity(row)) if row else None
+            locked = (await self.conn.execute(_LOCK.where(where))).mappings().first()
+            if locked is None:
+                return None
+            records = (await self.conn.execute(_RECORDS, {"dispatch_id": locked["id"]})
+                       ).mappings().one()
+            row: Any = {**locked, **records}
+        else:
+            row = (await self.conn.execute(_SELECT.where(where))).mappings().first()
+            if row is None:
+                return None
+        entity = _to_entity(row)
+        self._read[entity.id] = (entity.version, entity.status.value)
+        for record in entity.exceptions:
+            self._read[record.id] = (record.version, record.status.value)
+        for approval in entity.approvals:
+            self._read[approval.id] = (approval.version, approval.status.value)
+        return self.track(entity)
 
     async def save(self, entity: Dispatch) -> None:
-        # The row must still be at the version the change was decided on: a lost race is a 412.
+        read_version, _ = self._read[entity.id]
+        if entity.version == read_version:
+            return
+        # The row must still be at the version the change was decided on (it is locked).
         result = await self.conn.execute(
             sa.update(dispatch)
-            .where(dispatch.c.id == uuid.UUID(entity.id), dispatch.c.version == entity.version - 1)
+            .where(dispatch.c.id == uuid.UUID(entity.id), dispatch.c.version == read_version)
             .values(status=entity.status.value,
                     held_from=entity.held_from.value if entity.held_from else None,
                     version=entity.version, facts=entity.facts, updated_at=sa.func.now())
         )
-        if result.rowcount != 1:
-            raise RuntimeError(f"dispatch {entity.id} changed underneath its locked update")
+        _one_row(result, entity.id)
+        self._read[entity.id] = (entity.version, entity.status.value)
+        for record in entity.exceptions:
+            await self._save_exception(entity.id, record)
+        for approval in entity.approvals:
+            await self._save_approval(entity.id, approval)
+
+    async def _save_exception(self, dispatch_id: str, record: ExceptionRecord) -> None:
+        before = self._read.get(record.id)
+        values: dict[str, Any] = {
+            "status": record.status.value, "version": record.version, "owner": record.owner,
+            "escalated_from": record.escalated_from, "resolution": record.resolution,
+        }
+        if before is None:
+            await self.conn.execute(sa.insert(dispatch_exception).values(
+                id=uuid.UUID(record.id), dispatch_id=uuid.UUID(dispatch_id),
+                reason_code=record.reason_code, description=record.description,
+                blocking=record.blocking, due_at=record.due_at, opened_by=record.opened_by,
+                **values))
+        elif before[0] != record.version:
+            if record.status.value != before[1] and record.status in _STATUS_AT:
+                values[_STATUS_AT[record.status]] = sa.func.now()
+            _one_row(await self.conn.execute(
+                sa.update(dispatch_exception)
+                .where(dispatch_exception.c.id == uuid.UUID(record.id),
+                       dispatch_exception.c.version == before[0])
+                .values(updated_at=sa.func.now(), **values)), record.id)
+        self._read[record.id] = (record.version, record.status.value)
+
+    async def _save_approval(self, dispatch_id: str, approval: Approval) -> None:
+        before = self._read.get(approval.id)
+        if before is None:
+            await self.conn.execute(sa.insert(dispatch_approval).values(
+                id=uuid.UUID(approval.id), dispatch_id=uuid.UUID(dispatch_id),
+                kind=approval.kind.value, status=approval.status.value,
+                requested_by=approval.requested_by,
+                requested_roles=sorted(approval.requested_roles), request=approval.request,
+                dispatch_version=approval.dispatch_version, version=approval.version))
+        elif before[0] != approval.version:
+            _one_row(await self.conn.execute(
+                sa.update(dispatch_approval)
+                .where(dispatch_approval.c.id == uuid.UUID(approval.id),
+                       dispatch_approval.c.version == before[0])
+                .values(status=approval.status.value, version=approval.version,
+                        decided_by=approval.decided_by, note=approval.note,
+                        decided_at=sa.func.now())), approval.id)
+        self._read[approval.id] = (approval.version, approval.status.value)
+
+
+def _one_row(result: Any, name: str) -> None:
+    if result.rowcount != 1:
+        raise RuntimeError(f"{name} changed underneath its locked update")
 
 
 def _to_entity(row: Any) -> Dispatch:
-    facts = dict(row["facts"] or {})
     return Dispatch(
         id=str(row["id"]),
         order_id=row["order_id"],
@@ -104,8 +241,26 @@ def _to_entity(row: Any) -> Dispatch:
             for x in row["lines"]
         ],
         held_from=Status(row["held_from"]) if row["held_from"] else None,
-        # Exceptions are not recorded yet (a later issue): a hold's owner is the one there is.
-        exception_owners=frozenset(o for o in [facts.get("hold_owner")] if o),
-        facts=facts,
+        facts=dict(row["facts"] or {}),
+        exceptions=[_to_exception(x) for x in row["exceptions"]],
+        approvals=[_to_approval(a) for a in row["approvals"]],
         correlation_id=row["correlation_id"],
+    )
+
+
+def _to_exception(x: dict[str, Any]) -> ExceptionRecord:
+    return ExceptionRecord(
+        id=x["id"], reason_code=x["reason_code"], description=x["description"],
+        owner=x["owner"], due_at=datetime.fromisoformat(x["due_at"]), blocking=x["blocking"],
+        opened_by=x["opened_by"], status=ExceptionStatus(x["status"]), version=x["version"],
+        escalated_from=x["escalated_from"], resolution=x["resolution"],
+    )
+
+
+def _to_approval(a: dict[str, Any]) -> Approval:
+    return Approval(
+        id=a["id"], kind=ApprovalKind(a["kind"]), requested_by=a["requested_by"],
+        requested_roles=frozenset(a["requested_roles"]), request=a["request"],
+        dispatch_version=a["dispatch_version"], status=ApprovalStatus(a["status"]),
+        version=a["version"], decided_by=a["decided_by"], note=a["note"],
     )

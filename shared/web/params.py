@@ -18,6 +18,8 @@ DEFAULT_TEXT_LENGTH = 200
 # No C0 control characters (NUL above all: PostgreSQL text cannot hold it) and no DEL.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 PRINTABLE_HINT = "must not contain control characters (such as NUL)"
+# Free text (a reason, a description) may run over lines and hold tabs, nothing else of C0.
+PRINTABLE_MULTILINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 Offset = Annotated[
     int, Query(ge=0, le=MAX_OFFSET, description=f"rows to skip (at most {MAX_OFFSET})")

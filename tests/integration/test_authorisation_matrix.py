@@ -7,9 +7,10 @@ row; a call without a token, or with a bad one, is answered 401 and writes nothi
 service is built once per module by its own `build(settings)` on fresh databases, with its
 lifespan (broker and relay) running.
 
-Where a refused caller would otherwise succeed, the request is one the route would carry out:
-`ops` returning a dispatch from hold names a hold `ops` owns, which the workflow itself allows.
-Only the matrix stands between that request and a write.
+Where a route's request depends on who asks, it is one the caller could carry out: an
+exception acknowledged or resolved names the caller as its owner, an approval was asked for by
+someone else. Refused cells are checked to be refused by the matrix itself (its message), before
+the domain's own checks are reached.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from fastapi import FastAPI
 
 from services.dispatch import main as dispatch_main
 from services.dispatch.domain import OrderSnapshot, Status
-from services.dispatch.handlers import CreateDispatch, TransitionDispatch
+from services.dispatch.handlers import CreateDispatch, OpenException, TransitionDispatch
 from services.dispatch.handlers import handle as handle_dispatch
 from services.dispatch.permissions import PERMISSIONS as DISPATCH
 from services.erp_adapter import main as erp_main
@@ -181,25 +182,93 @@ def _order_body() -> dict[str, Any]:
             "lines": [{"line_no": 1, "product_id": "P-1", "quantity": "2", "uom": "EA"}]}
 
 
-async def _held_dispatch_owned_by(svc: Service, role: str) -> Call:
-    """A dispatch a planner put on hold naming the caller as owner: the owner may return it."""
+async def _new_dispatch(svc: Service, *walk: tuple[Status, str, dict[str, Any]]) -> str:
+    """A dispatch moved along `walk` (target, role, evidence) by the workflow's own roles."""
     uow = svc.app.state.uow
-    order_id = f"o-{uuid.uuid4().hex[:8]}"
-    dispatch_id = await handle_dispatch(CreateDispatch(
+    dispatch_id: str = await handle_dispatch(CreateDispatch(
         event_id=_some_id(), consumer="test.authorisation-matrix", correlation_id=uuid.uuid4(),
-        order=OrderSnapshot(order_id=order_id, external_ref=None, source=None, customer_id="C-1",
-                            requested_ship_date=date(2026, 12, 24), priority="normal", ship_to=SHIP_TO,
+        order=OrderSnapshot(order_id=f"o-{uuid.uuid4().hex[:8]}", external_ref=None, source=None,
+                            customer_id="C-1", requested_ship_date=date(2026, 12, 24),
+                            priority="normal", ship_to=SHIP_TO,
                             lines=[{"line_no": 1, "product_id": "P-1", "quantity": "2",
                                     "uom": "EA"}]),
     ), uow)
-    await handle_dispatch(TransitionDispatch(
-        dispatch_id=uuid.UUID(dispatch_id), to=Status.ON_HOLD, expected_version=1,
-        actor_id="u-planner", roles=frozenset({"planner"}), reason="stock check",
-        evidence={"reason_code": "stock_shortage", "owner": f"u-{role}",
-                  "due_at": "2026-12-20T12:00:00Z"},
-    ), uow)
-    return Call("POST", f"/dispatches/{dispatch_id}/transitions",
-                {"json": {"to": "pending"}, "headers": {"If-Match": '"2"'}})
+    for version, (target, role, evidence) in enumerate(walk, start=1):
+        await handle_dispatch(TransitionDispatch(
+            dispatch_id=uuid.UUID(dispatch_id), to=target, expected_version=version,
+            actor_id=f"u-{role}", roles=frozenset({role}), evidence=evidence), uow)
+    return dispatch_id
+
+
+PICKING = ((Status.RELEASED, "planner", {}), (Status.PICKING, "warehouse", {}))
+SHIPPED = (*PICKING, (Status.PACKED, "warehouse", {"lines": [{"line_no": 1, "quantity": "2"}]}),
+           (Status.SHIPPED, "shipping", {"carrier": "DHL", "tracking_number": "T-1"}))
+
+
+def _due() -> str:
+    return (datetime.now(UTC) + timedelta(days=1)).isoformat()
+
+
+async def _exception_opened_by(svc: Service, role: str) -> Call:
+    """Opening an exception the caller could own."""
+    dispatch_id = await _new_dispatch(svc)
+    return Call("POST", f"/dispatches/{dispatch_id}/exceptions", {"json": {
+        "reason_code": "damaged_goods", "owner": f"u-{role}", "due_at": _due(),
+        "blocking": True}})
+
+
+async def _exception_owned_by(svc: Service, role: str) -> str:
+    """An exception a planner opened naming the caller as owner: the owner may act on it."""
+    dispatch_id = await _new_dispatch(svc)
+    change = await handle_dispatch(OpenException(
+        dispatch_id=uuid.UUID(dispatch_id), actor_id="u-planner", roles=frozenset({"planner"}),
+        reason_code="stock_shortage", owner=f"u-{role}",
+        due_at=datetime.now(UTC) + timedelta(days=1), blocking=True), svc.app.state.uow)
+    return str(change.exception.id)
+
+
+async def _acknowledge(svc: Service, role: str) -> Call:
+    return Call("POST", f"/exceptions/{await _exception_owned_by(svc, role)}/acknowledge")
+
+
+async def _resolve(svc: Service, role: str) -> Call:
+    return Call("POST", f"/exceptions/{await _exception_owned_by(svc, role)}/resolve",
+                {"json": {"resolution": "sorted"}})
+
+
+async def _correction(svc: Service, _: str) -> Call:
+    dispatch_id = await _new_dispatch(svc, *SHIPPED)
+    return Call("POST", f"/dispatches/{dispatch_id}/corrections", {"json": {
+        "changes": [{"field": "carrier", "to": "UPS"}], "reason": "booked with UPS"}})
+
+
+async def _approval_asked_by_someone_else(svc: Service) -> str:
+    """A cancel after picking began, asked for by another supervisor."""
+    dispatch_id = await _new_dispatch(svc, *PICKING)
+    moved = await handle_dispatch(TransitionDispatch(
+        dispatch_id=uuid.UUID(dispatch_id), to=Status.CANCELLED, expected_version=3,
+        actor_id="u-other-supervisor", roles=frozenset({"supervisor"}),
+        reason="customer withdrew"), svc.app.state.uow)
+    return str(moved.approval.id)
+
+
+async def _approve(svc: Service, _: str) -> Call:
+    return Call("POST", f"/approvals/{await _approval_asked_by_someone_else(svc)}/approve",
+                {"json": {"comment": "ok"}})
+
+
+async def _reject(svc: Service, _: str) -> Call:
+    return Call("POST", f"/approvals/{await _approval_asked_by_someone_else(svc)}/reject",
+                {"json": {"reason": "no"}})
+
+
+async def _hold_request(svc: Service, role: str) -> Call:
+    """Putting a pending dispatch on hold with an exception the caller owns."""
+    dispatch_id = await _new_dispatch(svc)
+    return Call("POST", f"/dispatches/{dispatch_id}/transitions", {
+        "json": {"to": "on_hold", "reason": "stock check", "evidence": {
+            "reason_code": "stock_shortage", "owner": f"u-{role}", "due_at": _due()}},
+        "headers": {"If-Match": '"1"'}})
 
 
 async def _customers_import(_: Service, __: str) -> Call:
@@ -244,9 +313,19 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("order", "GET", "/orders/{order_id}/history"): _fixed("GET", f"/orders/{_some_id()}/history"),
     ("dispatch", "GET", "/dispatches"): _fixed("GET", "/dispatches"),
     ("dispatch", "GET", "/dispatches/{dispatch_id}"): _fixed("GET", f"/dispatches/{_some_id()}"),
-    ("dispatch", "POST", "/dispatches/{dispatch_id}/transitions"): _held_dispatch_owned_by,
+    ("dispatch", "POST", "/dispatches/{dispatch_id}/transitions"): _hold_request,
     ("dispatch", "GET", "/dispatches/{dispatch_id}/history"):
         _fixed("GET", f"/dispatches/{_some_id()}/history"),
+    ("dispatch", "POST", "/dispatches/{dispatch_id}/exceptions"): _exception_opened_by,
+    ("dispatch", "POST", "/dispatches/{dispatch_id}/corrections"): _correction,
+    ("dispatch", "GET", "/exceptions"): _fixed("GET", "/exceptions"),
+    ("dispatch", "GET", "/exceptions/{exception_id}"): _fixed("GET", f"/exceptions/{_some_id()}"),
+    ("dispatch", "POST", "/exceptions/{exception_id}/acknowledge"): _acknowledge,
+    ("dispatch", "POST", "/exceptions/{exception_id}/resolve"): _resolve,
+    ("dispatch", "GET", "/approvals"): _fixed("GET", "/approvals"),
+    ("dispatch", "GET", "/approvals/{approval_id}"): _fixed("GET", f"/approvals/{_some_id()}"),
+    ("dispatch", "POST", "/approvals/{approval_id}/approve"): _approve,
+    ("dispatch", "POST", "/approvals/{approval_id}/reject"): _reject,
     ("notification", "GET", "/events"): _fixed("GET", "/events"),
     ("erp_adapter", "POST", "/imports"): _customers_import,
     ("erp_adapter", "GET", "/imports"): _fixed("GET", "/imports"),

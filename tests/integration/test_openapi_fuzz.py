@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 from services.dispatch import main as dispatch_main
 from services.dispatch import unit_of_work as dispatch_uow
 from services.dispatch.domain import OrderSnapshot, Status
-from services.dispatch.handlers import CreateDispatch, TransitionDispatch
+from services.dispatch.handlers import CreateDispatch, OpenException, TransitionDispatch
 from services.dispatch.handlers import handle as handle_dispatch
 from services.erp_adapter import main as erp_main
 from services.erp_adapter import unit_of_work as erp_uow
@@ -125,7 +125,17 @@ async def _seed_dispatch(engine: Any) -> Seeded:
         actor_id="u-planner", roles=frozenset({"planner"}), reason="stock check",
         evidence={"reason_code": "stock_shortage", "owner": "u-warehouse",
                   "due_at": "2027-01-10T12:00:00Z"}), uow)
-    return {"dispatch_id": ids}
+    # An exception of the held one, and a cancel waiting for a second supervisor.
+    exceptions = [str(x.exception.id) for x in [await handle_dispatch(OpenException(
+        dispatch_id=uuid.UUID(ids[0]), actor_id="u-planner", roles=frozenset({"planner"}),
+        reason_code="damaged_goods", owner="role:warehouse",
+        due_at=datetime(2027, 1, 10, tzinfo=UTC), blocking=False), uow)]]
+    for target, role in ((Status.PICKING, "warehouse"), (Status.CANCELLED, "supervisor")):
+        moved = await handle_dispatch(TransitionDispatch(
+            dispatch_id=uuid.UUID(ids[1]), to=target, actor_id=f"u-{role}",
+            expected_version=2 if target == Status.PICKING else 3, roles=frozenset({role}),
+            reason="customer withdrew"), uow)
+    return {"dispatch_id": ids, "exception_id": exceptions, "approval_id": [str(moved.approval.id)]}
 
 
 async def _seed_erp_adapter(engine: Any) -> Seeded:

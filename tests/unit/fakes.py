@@ -40,7 +40,7 @@ class FakeStore(Generic[K, V]):
     def stage(self, key: K, value: V) -> None:
         stored = copy.deepcopy(value)
         if isinstance(stored, Aggregate):
-            stored.events.clear()  # what is stored is state; its events went to the outbox
+            stored.pull_events()  # what is stored is state; its events went to the outbox
         self._staged[key] = stored
 
     def commit(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from services.dispatch import publishers
@@ -30,6 +31,21 @@ class FakeDispatchRepository:
     async def get_by_order(self, order_id: str, *, for_update: bool = False) -> Dispatch | None:
         found = next((d for d in self.store.values() if d.order_id == order_id), None)
         return self.tx.track(found) if found else None
+
+    async def get_by_exception(self, exception_id: uuid.UUID) -> Dispatch | None:
+        found = next((d for d in self.store.values()
+                      if any(x.id == str(exception_id) for x in d.exceptions)), None)
+        return self.tx.track(found) if found else None
+
+    async def get_by_approval(self, approval_id: uuid.UUID) -> Dispatch | None:
+        found = next((d for d in self.store.values()
+                      if any(a.id == str(approval_id) for a in d.approvals)), None)
+        return self.tx.track(found) if found else None
+
+    async def overdue(self, now: datetime, *, limit: int) -> list[uuid.UUID]:
+        due = [d for d in self.store.values() if any(
+            x.status in ("open", "acknowledged") and x.due_at <= now for x in d.exceptions)]
+        return [uuid.UUID(d.id) for d in due][:limit]
 
     async def save(self, entity: Dispatch) -> None:
         self.store.stage(entity.id, entity)

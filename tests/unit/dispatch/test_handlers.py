@@ -10,9 +10,15 @@ import pytest
 from services.dispatch.domain import Dispatch, OrderSnapshot, Status
 from services.dispatch.handlers import (
     HANDLERS,
+    AcknowledgeException,
     CancelForOrder,
     CreateDispatch,
+    DecideApproval,
+    EscalateOverdue,
     Moved,
+    OpenException,
+    RequestCorrection,
+    ResolveException,
     TransitionDispatch,
     handle,
 )
@@ -148,10 +154,13 @@ async def test_a_cancelled_order_leaves_a_dispatch_being_picked_to_a_supervisor_
 
     status = await handle(CancelForOrder(event_id=str(uuid.uuid4()), consumer="c",
                                          correlation_id=JOURNEY, order_id="o-1", reason="x"), uow)
-    assert status == Status.PICKING == store.rows[dispatch_id].status
-    _, fact = uow.audit[-1]
-    assert fact.action == "dispatch.cancel_refused" and "supervisor" in (fact.reason or "")
-    assert uow.published_types() == published, "a refusal publishes nothing"
+    assert status == Status.ON_HOLD == store.rows[dispatch_id].status
+    [exception] = store.rows[dispatch_id].exceptions
+    assert (exception.owner, exception.blocking, exception.reason_code) == (
+        "role:supervisor", True, "customer_request")
+    assert "supervisor decides" in exception.description
+    assert uow.published_types()[len(published):] == ["dispatch.exception.opened",
+                                                       "dispatch.on_hold"]
 
 
 async def test_a_cancellation_that_overtakes_its_confirmation_is_retried_not_lost(
@@ -166,4 +175,6 @@ async def test_a_cancellation_that_overtakes_its_confirmation_is_retried_not_los
 
 
 def test_every_command_has_exactly_one_handler() -> None:
-    assert set(HANDLERS) == {CreateDispatch, TransitionDispatch, CancelForOrder}
+    assert set(HANDLERS) == {CreateDispatch, TransitionDispatch, CancelForOrder, OpenException,
+                             AcknowledgeException, ResolveException, RequestCorrection,
+                             DecideApproval, EscalateOverdue}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -10,14 +11,16 @@ import pytest
 from services.dispatch.domain import (
     EXCEPTION_OWNER,
     WORKFLOW,
+    Approval,
+    ApprovalKind,
     Dispatch,
     DispatchMoved,
+    ExceptionRecord,
     Line,
     Status,
 )
 from shared.workflow import (
     SYSTEM,
-    ApprovalRequired,
     Forbidden,
     GuardFailed,
     InvalidInput,
@@ -43,11 +46,14 @@ EXPECTED: dict[tuple[Status, Status], set[str]] = {
     (Status.PACKED, Status.CANCELLED): {"supervisor"},
 }
 FOUR_EYES = {(Status.PICKING, Status.CANCELLED), (Status.PACKED, Status.CANCELLED)}
+# Edges only some requests of which need a second person: packing less than ordered.
+SOMETIMES_FOUR_EYES = {(Status.PICKING, Status.PACKED)}
 
 GOOD_EVIDENCE = {
     Status.PACKED: {"lines": [{"line_no": 1, "quantity": "5"}, {"line_no": 2, "quantity": "2.5"}]},
     Status.SHIPPED: {"carrier": "DHL", "tracking_number": "JD014600003"},
-    Status.ON_HOLD: {"reason_code": "QC", "owner": "u-7", "due_at": "2026-12-01T12:00:00Z"},
+    Status.ON_HOLD: {"reason_code": "quality_hold", "owner": "u-7",
+                     "due_at": "2026-12-01T12:00:00Z"},
 }
 
 
@@ -65,19 +71,28 @@ def a_dispatch(status: Status, *, held_from: Status | None = None, version: int 
 def decide(dispatch: Dispatch, target: Status, *, roles: frozenset[str], actor_id: str,
            expected_version: int, reason: str = "", evidence: dict[str, object] | None = None
            ) -> DispatchMoved:
-    """Ask the aggregate to move; the event it recorded says what was decided."""
-    dispatch.move(target, actor_id=actor_id, roles=roles, expected_version=expected_version,
-                  reason=reason, evidence=evidence)
-    [event] = dispatch.pull_events()
-    assert isinstance(event, DispatchMoved)
+    """Ask the aggregate to move; the move it recorded says what was decided."""
+    requested = dispatch.move(target, actor_id=actor_id, roles=roles,
+                              expected_version=expected_version, reason=reason, evidence=evidence)
+    assert requested is None, f"asked for approval {requested}"
+    [event] = [e for e in dispatch.pull_events() if isinstance(e, DispatchMoved)]
     return event
+
+
+def an_exception(owner: str = "u-7", *, blocking: bool = True) -> ExceptionRecord:
+    return ExceptionRecord(id="x-1", reason_code="stock_shortage", description="", owner=owner,
+                           due_at=datetime(2026, 12, 1, tzinfo=UTC), blocking=blocking,
+                           opened_by="u-1")
 
 
 def test_the_table_holds_exactly_the_edges_of_the_design() -> None:
     actual = {edge: set(rule.roles) - {SYSTEM, EXCEPTION_OWNER}
               for edge, rule in WORKFLOW.rules.items() if edge[0] is not None}
     assert actual == EXPECTED
-    assert {edge for edge, rule in WORKFLOW.rules.items() if rule.approval} == FOUR_EYES
+    assert {edge: rule.approval for edge, rule in WORKFLOW.rules.items() if rule.approval} == {
+        **dict.fromkeys(FOUR_EYES, ApprovalKind.CANCEL),
+        **dict.fromkeys(SOMETIMES_FOUR_EYES, ApprovalKind.SHORT_PACK)}
+    assert all(WORKFLOW.rules[edge].approval_when is None for edge in FOUR_EYES)
 
 
 def test_a_dispatch_is_created_only_by_the_system_and_only_as_pending() -> None:
@@ -127,8 +142,10 @@ def test_every_state_target_and_role_is_decided_as_the_design_says(
         with pytest.raises(Forbidden):
             attempt()
     elif (state, target) in FOUR_EYES:
-        with pytest.raises(ApprovalRequired):
-            attempt()
+        requested = dispatch.move(target, actor_id="u-1", roles=frozenset({role}),
+                                  expected_version=3, reason="because", evidence=evidence)
+        assert isinstance(requested, Approval) and requested.kind == ApprovalKind.CANCEL
+        assert dispatch.status == state, "a request changes no state"
     else:
         moved = attempt()
         assert (moved.from_status, moved.status) == (state, target)
@@ -143,7 +160,7 @@ def test_a_transition_names_the_version_it_read() -> None:
 
 def test_release_is_refused_while_a_blocking_exception_is_open() -> None:
     dispatch = a_dispatch(Status.PENDING)
-    dispatch.open_blocking_exceptions = 1
+    dispatch.exceptions = [an_exception()]
     with pytest.raises(GuardFailed, match="blocking"):
         decide(dispatch, Status.RELEASED, roles=frozenset({"planner"}), actor_id="u-1",
                expected_version=3)
@@ -156,9 +173,9 @@ def test_an_on_hold_dispatch_returns_only_to_the_state_it_left() -> None:
                expected_version=3)
 
 
-def test_the_owner_of_a_hold_may_resume_the_dispatch_without_being_supervisor() -> None:
+def test_the_owner_of_an_exception_may_resume_a_dispatch_without_being_supervisor() -> None:
     dispatch = a_dispatch(Status.ON_HOLD, held_from=Status.PICKING)
-    dispatch.exception_owners = frozenset({"u-7"})
+    dispatch.exceptions = [an_exception("u-7", blocking=False)]
     with pytest.raises(Forbidden):
         decide(dispatch, Status.PICKING, roles=frozenset({"warehouse"}), actor_id="u-8",
                expected_version=3)
@@ -186,20 +203,23 @@ def test_packing_evidence_must_account_for_every_line(lines: list[object], probl
                actor_id="u-1", expected_version=3, evidence={"lines": lines})
 
 
-def test_a_short_line_needs_an_open_exception_or_a_supervisor() -> None:
+def test_a_short_pack_is_a_request_even_from_a_supervisor_and_records_the_backorder() -> None:
     short = {"lines": [{"line_no": 1, "quantity": "4"}, {"line_no": 2, "quantity": "2.5"}]}
-    with pytest.raises(InvalidInput, match="short"):
-        decide(a_dispatch(Status.PICKING), Status.PACKED, roles=frozenset({"warehouse"}),
-               actor_id="u-1", expected_version=3, evidence=short)
-    with_exception = a_dispatch(Status.PICKING)
-    with_exception.open_exceptions = 1
-    moved = decide(with_exception, Status.PACKED, roles=frozenset({"warehouse"}),
-                   actor_id="u-1", expected_version=3, evidence=short)
-    assert moved.short_lines == [1]
-    by_supervisor = decide(a_dispatch(Status.PICKING), Status.PACKED,
-                           roles=frozenset({"warehouse", "supervisor"}), actor_id="u-2",
-                           expected_version=3, evidence=short)
-    assert by_supervisor.evidence["lines"][0] == {"line_no": 1, "quantity": "4"}
+    for roles in ({"warehouse"}, {"warehouse", "supervisor"}):
+        dispatch = a_dispatch(Status.PICKING)
+        requested = dispatch.move(Status.PACKED, roles=frozenset(roles), actor_id="u-1",
+                                  expected_version=3, evidence=short)
+        assert isinstance(requested, Approval) and requested.kind == ApprovalKind.SHORT_PACK
+        assert (dispatch.status, dispatch.version) == (Status.PICKING, 4)
+        assert requested.request["evidence"] == {"lines": [{"line_no": 1, "quantity": "4"},
+                                                           {"line_no": 2, "quantity": "2.5"}]}
+        dispatch.pull_events()
+        dispatch.decide_approval(requested.id, approve=True, actor_id="u-2",
+                                 roles=frozenset({"supervisor"}), note="4 is all we have")
+        [moved] = [e for e in dispatch.pull_events() if isinstance(e, DispatchMoved)]
+        assert (dispatch.status, moved.short_lines) == (Status.PACKED, [1])
+        assert moved.backorder == [{"line_no": 1, "quantity": "1"}]
+        assert moved.approval is not None and moved.approval["approved_by"] == "u-2"
 
 
 @pytest.mark.parametrize("missing", ["carrier", "tracking_number"])
