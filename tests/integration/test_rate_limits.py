@@ -131,6 +131,13 @@ class Intake:
             subprocess.run, [str(ROOT / "spine"), *args], env=env, capture_output=True,
             text=True, timeout=120, cwd="/", stdin=subprocess.DEVNULL)
 
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample of this process's `/metrics` (0 when it has none yet)."""
+        text = (await self.http.get("/metrics")).text
+        wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+        return next((float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith(wanted + " ")), 0.0)
+
     async def counts(self) -> dict[str, int]:
         tables = ("customer_order", "order_line", "outbox", "audit_log", "idempotency_key",
                   "inbox")
@@ -222,6 +229,10 @@ async def test_a_burst_over_a_systems_limit_is_answered_and_dead_lettered_and_ot
         [e["event_id"] for e in mes[4:]] + [mes[4]["event_id"]])
     assert {d["reason"] for d in dead} == {MES_LIMITED}
     assert {d["routing_key"] for d in dead} == {"ext.mes.order.submitted"}
+    refusals = {system: await intake.metric("spine_messages_rate_limited_total",
+                                            queue=intake.queue, system=system)
+                for system in ("mes", "webshop")}
+    assert refusals == {"mes": 5, "webshop": 0}
 
 
 async def test_a_replayed_rate_limited_submission_creates_its_order_exactly_once(
@@ -266,6 +277,7 @@ async def test_a_caller_over_its_http_limit_gets_429_with_retry_after_and_nothin
         placed = await intake.http.post("/orders", json=body, headers=token("u-7", "sales"))
         assert placed.status_code == 201, placed.text
     before = await intake.counts()
+    counted = await intake.metric("spine_http_rate_limited_total", route="/orders", principal="u-7")
 
     refused = await intake.http.post("/orders", json=body, headers={
         **token("u-7", "sales"), "Idempotency-Key": "k-1"})
@@ -277,6 +289,8 @@ async def test_a_caller_over_its_http_limit_gets_429_with_retry_after_and_nothin
         "rate limit exceeded: u-7 is over its limit of 1/min (burst 2): send again in ")
     await asyncio.sleep(0.3)  # nothing is on its way to the database either
     assert await intake.counts() == before
+    assert await intake.metric("spine_http_rate_limited_total", route="/orders",
+                               principal="u-7") == counted + 1
     # Another caller has its own limit (here none) and is not held back by u-7's.
     other = await intake.http.post("/orders", json=body, headers=token("u-8", "sales"))
     assert other.status_code == 201, other.text
