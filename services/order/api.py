@@ -23,12 +23,17 @@ from shared.web import params
 from shared.web.deps import EngineDep, IfMatchHeader, ReaderDep, parse_if_match, unit_of_work, with_etag
 from shared.web.params import MAX_INT
 from shared.web.problems import responses
+from shared.web.rate_limit import within_rate
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
 
 # Who may do what comes from the domain's transition table, never from a second list here.
-Creator = Annotated[Principal, Depends(require_roles(*person_roles_for_target(Status.RECEIVED)))]
+# Creating is the route that takes work in: each caller is held to its rate (SPINE_HTTP_RATE_LIMITS).
+Creator = Annotated[
+    Principal,
+    Depends(within_rate(require_roles(*person_roles_for_target(Status.RECEIVED)))),
+]
 Confirmer = Annotated[
     Principal, Depends(require_roles(*person_roles_for_target(Status.CONFIRMED)))
 ]
@@ -109,7 +114,7 @@ class CancelIn(BaseModel):
     status_code=views.CREATED,
     response_model=OrderOut,
     summary="Create an order (honours Idempotency-Key)",
-    responses=responses(400, 401, 403, 409, 413, 422),
+    responses=responses(400, 401, 403, 409, 413, 422, 429),
 )
 async def post_order(
     body: OrderIn,

@@ -29,14 +29,20 @@ from shared.domain import Actor
 from shared.messaging.broker import delivery_policy
 from shared.messaging.delivery import Answered, PermanentError, event_routing_key
 from shared.messaging.topology import Topology, consumer_queue
+from shared.ratelimit import RateLimiter
 from shared.uow import Duplicate, InboxConflict
 from shared.workflow import SYSTEM
 
 SERVICE = "order"
 
 
-def register(broker: RabbitBroker, topology: Topology, uow: OrderUnitOfWork) -> None:
-    """Subscribe the order service's consumers, one quorum queue per purpose."""
+def register(broker: RabbitBroker, topology: Topology, uow: OrderUnitOfWork, *,
+             intake_limits: RateLimiter | None = None) -> None:
+    """Subscribe the order service's consumers, one quorum queue per purpose.
+
+    `intake_limits`: how fast each outside system may submit (SPINE_INTAKE_RATE_LIMITS); a
+    submission over it is refused before its handler, answered and dead-lettered like any.
+    """
     submitted_queue = consumer_queue(topology, SERVICE, "order-submitted")
     customer_queue = consumer_queue(topology, SERVICE, "customer-upserted")
     product_queue = consumer_queue(topology, SERVICE, "product-upserted")
@@ -71,6 +77,8 @@ def register(broker: RabbitBroker, topology: Topology, uow: OrderUnitOfWork) -> 
                 await handle(command, uow)
 
     delivery_policy(broker).answer_on(submitted_queue.name, answer_refused)
+    if intake_limits is not None:
+        delivery_policy(broker).limit_on(submitted_queue.name, intake_limits)
 
     @broker.subscriber(customer_queue, topology.events, no_reply=True,
                        title="order/erp.customer.upserted")

@@ -312,6 +312,9 @@ def _copy(message: AbstractIncomingMessage, letter: DeadLetter, user_id: str) ->
         timestamp=message.timestamp,
         type=message.type,
         app_id=message.app_id,
+        # The sender still hears the outcome where it asked (a refused one was told "send
+        # again later" there).
+        reply_to=message.reply_to,
         # The replayer's, not the original sender's: see the module's docstring.
         user_id=user_id,
     )

@@ -5,6 +5,9 @@ Every delivery goes through one `_Delivery`, which decides in this order:
 1. **Admission**, before any handler runs: the body is not too large, its sender may publish
    its routing key (provenance), its envelope is version 1 and its `type` is the routing key,
    and its AMQP `message_id` is set and is the envelope's `event_id`. A refusal is permanent.
+   Last, on a queue with an intake limit (`limit_on`), its outside system is within its rate:
+   one over it is refused like any other (answered, dead-lettered for a later replay). A
+   replay, sent by ops through the default exchange, is not counted: ops chose its pace.
 2. **The handler.** A transient infrastructure failure (the database or the broker unreachable,
    a connection closed, a serialization failure or a deadlock) never counts against the
    message: it is *held*, retried in this process with back-off until the dependency is back
@@ -41,11 +44,12 @@ from faststream import BaseMiddleware
 from faststream.exceptions import SubscriberNotFound
 from faststream.rabbit import RabbitQueue
 from opentelemetry import trace
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from shared import crashpoints
 from shared.contracts.envelope import CONTRACT_VERSION
+from shared.contracts.ext import source_of
 from shared.messaging.provenance import Senders, producer_refusal
 from shared.messaging.topology import (
     DEAD_LETTERED_AT_HEADER,
@@ -56,6 +60,7 @@ from shared.messaging.topology import (
     bindings_overlap,
     topic_matches,
 )
+from shared.ratelimit import RateLimiter
 from shared.uow import Duplicate, InboxConflict, message_digest
 
 log = logging.getLogger("spine.delivery")
@@ -63,6 +68,12 @@ log = logging.getLogger("spine.delivery")
 HELD = Gauge(
     "spine_messages_held",
     "Messages held in this process, retried until a dependency (database, broker) is back",
+)
+RATE_LIMITED = Counter(
+    "spine_messages_rate_limited_total",
+    "Messages refused (answered and dead-lettered) because their outside system was over its "
+    "intake limit in this process",
+    ["queue", "system"],
 )
 
 
@@ -76,6 +87,10 @@ class ProvenanceError(PermanentError):
 
 class Answered(PermanentError):
     """The handler answered the sender already (its refusal is committed): dead-letter only."""
+
+
+class RateLimited(PermanentError):
+    """The sender is over its intake limit: answered and dead-lettered, never handled."""
 
 
 PERMANENT = (PermanentError, InboxConflict, ValidationError, json.JSONDecodeError,
@@ -134,7 +149,7 @@ def describe(exc: BaseException) -> str:
         return f"{exc.__class__.__name__}: body is not JSON: {exc}"[:1000]
     if isinstance(exc, RecursionError):
         return "body is not acceptable JSON: nested too deeply to read"
-    if isinstance(exc, GaveUp | Answered):
+    if isinstance(exc, GaveUp | Answered | RateLimited):
         return str(exc)
     text = str(exc) or exc.__class__.__name__
     return f"{exc.__class__.__name__}: {text}"[:1000]
@@ -179,6 +194,7 @@ class DeliveryPolicy:
                 raise ValueError(f"queues {one} ({key}) and {other} ({other_key}) can both "
                                  "receive one routing key")
         self.answers: dict[str, Answer] = {}
+        self.limits: dict[str, RateLimiter] = {}
         # Messages held right now, waiting for a dependency; `/readyz` reads it.
         self.held = 0
         self.last_hold_reason = ""
@@ -191,6 +207,26 @@ class DeliveryPolicy:
         if queue not in dict(self.bindings):
             raise ValueError(f"{queue} is not one of this broker's queues")
         self.answers[queue] = answer
+
+    def limit_on(self, queue: str, limiter: RateLimiter) -> None:
+        """Hold each outside system sending on `queue` to its rate in `limiter` (by system)."""
+        if queue not in dict(self.bindings):
+            raise ValueError(f"{queue} is not one of this broker's queues")
+        if limiter.limits_anything:
+            self.limits[queue] = limiter
+
+    def over_limit(self, raw: aio_pika.abc.AbstractIncomingMessage, routing_key: str) -> str | None:
+        """Why `raw`'s system may not send it now (it is over its intake limit), or None."""
+        if not self.limits or not raw.exchange:
+            return None  # no limit here, or a replay
+        queue = self.queue_of(raw)
+        limiter = self.limits.get(queue)
+        system = source_of(routing_key)
+        if limiter is None or system is None or not limiter.take(system):
+            return None
+        RATE_LIMITED.labels(queue, system).inc()
+        return (f"rate limit exceeded: system {system} is over its intake limit of "
+                f"{limiter.rate_of(system)}: send again later")
 
     def queue_of(self, raw: aio_pika.abc.AbstractIncomingMessage) -> str:
         """The queue that delivered `raw`."""
@@ -280,6 +316,9 @@ class _Delivery(BaseMiddleware):
         if raw.message_id and isinstance(event_id, str) and raw.message_id != event_id:
             raise PermanentError(f"message_id {raw.message_id!r} differs from the envelope's "
                                  f"event_id {event_id!r}")
+        # Last, so that only a message that could be handled takes one of its sender's tokens.
+        if reason := policy.over_limit(raw, routing_key):
+            raise RateLimited(reason)
 
     async def run(self, call_next: Any, msg: Any) -> None:
         """The handler, held through transient failures and retried through others."""

@@ -117,7 +117,12 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     # Under problem+json alone, the media type they are sent as: `model=` would file the schema
     # under application/json and leave the problem+json answer unchecked.
     return {code: {"description": _TITLES.get(code, "Error"),
-                   "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}} for code in codes}
+                   "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
+                   **({"headers": _RETRY_AFTER} if code == 429 else {})} for code in codes}
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds until the caller may send again",
+                                "schema": {"type": "integer", "minimum": 1}}}
 
 
 _PROBLEM_SCHEMA = Problem.model_json_schema()
