@@ -54,6 +54,8 @@ DISPATCH = Service(
     consumer_queues=(
         ("order-confirmed", "order.confirmed"),
         ("order-cancelled", "order.cancelled"),
+        ("production-exception", "ext.*.production.exception"),
+        ("dispatch-progress", "ext.*.dispatch.progress"),
     ),
 )
 NOTIFICATION = Service(

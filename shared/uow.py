@@ -198,7 +198,8 @@ class SqlAlchemyUnitOfWork(UnitOfWork[TX]):
             rows = self.rows_of(tx)
             if rows.audit or rows.outbox:
                 await conn.exec_driver_sql(_AUDIT_AND_OUTBOX, rows.columns())
-        crashpoints.reached("after-commit-before-publish")
+        if rows.outbox:  # a unit of work that only read (a timer's look) publishes nothing
+            crashpoints.reached("after-commit-before-publish")
 
     def rows_of(self, tx: Transaction) -> PlumbingRows:
         """The audit and outbox rows of the events `tx` collected."""

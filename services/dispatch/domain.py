@@ -176,6 +176,23 @@ class Approval:
     note: str | None = None
 
 
+@dataclass(frozen=True)
+class Parked:
+    """A message about an order whose dispatch does not exist yet, kept to be applied to it."""
+
+    id: str
+    kind: str  # ORDER_CANCELLED or PRODUCTION_EXCEPTION
+    payload: dict[str, Any]
+    event_id: str
+    order_id: str | None = None
+    source: str | None = None
+    external_ref: str | None = None
+
+
+PARKED_CANCELLATION = "order.cancelled"
+PARKED_EXCEPTION = "production.exception"
+
+
 # ---------------------------------------------------------------------------- the aggregate
 
 
@@ -748,6 +765,42 @@ class DispatchCorrected(DomainEvent):
             details={"version": self.version, "changes": self.changes,
                      "approval_id": self.approval_id, "requested_by": self.requested_by,
                      "approved_by": self.approved_by},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderCancellationParked(DomainEvent):
+    """order.cancelled arrived before its dispatch: kept, to cancel it as it opens."""
+
+    order_id: str
+    reason: str
+
+    def audit(self) -> AuditFact:
+        return AuditFact(action="dispatch.cancellation_parked", entity_type="order",
+                         entity_id=self.order_id, reason=self.reason or None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportRejected(DomainEvent):
+    """A report from an outside system (`exception`, `progress`) was not applied, and why."""
+
+    report: str
+    source: str
+    message_id: str
+    reasons: list[str]
+    to: str | None = None
+    dispatch_id: str | None = None
+    order_id: str | None = None
+    order_external_ref: str | None = None
+    parked: bool = False
+
+    def audit(self) -> AuditFact:
+        return AuditFact(
+            action=f"dispatch.{self.report}.rejected", entity_type="external_report",
+            entity_id=self.message_id, reason="; ".join(self.reasons),
+            details={"source": self.source, "to": self.to, "dispatch_id": self.dispatch_id,
+                     "order_id": self.order_id, "order_external_ref": self.order_external_ref,
+                     "parked": self.parked},
         )
 
 

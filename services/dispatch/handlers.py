@@ -13,19 +13,27 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.dispatch.domain import (
+    PARKED_CANCELLATION,
+    PARKED_EXCEPTION,
     SYSTEM_ACTOR,
     Approval,
     Dispatch,
     ExceptionRecord,
+    OrderCancellationParked,
     OrderSnapshot,
+    Parked,
+    ReportRejected,
     Status,
 )
 from services.dispatch.unit_of_work import DispatchTransaction, DispatchUnitOfWork
 from shared.domain import Actor
-from shared.workflow import NotFound, StaleVersion
+from shared.workflow import SYSTEM, NotFound, Refusal, StaleVersion
 
-# How long a supervisor has to decide on an order cancelled after picking began.
+# How long a supervisor has to decide on an order cancelled after picking began, and how long
+# a planner has for a production exception that names no due time.
 CANCEL_FOLLOW_UP = timedelta(hours=4)
+PRODUCTION_FOLLOW_UP = timedelta(hours=4)
+PRODUCTION_OWNER = "role:planner"
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,55 @@ class EscalateOverdue:
 
 
 @dataclass(frozen=True)
+class ReportProductionException:
+    """An outside system reports a problem with an order: an exception on its dispatch."""
+
+    event_id: str
+    consumer: str
+    correlation_id: uuid.UUID
+    source: str
+    actor: Actor
+    reason_code: str
+    description: str
+    blocking: bool
+    order_id: str | None = None
+    order_external_ref: str | None = None
+    owner: str | None = None
+    due_at: datetime | None = None
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportProgress:
+    """An outside system moved a dispatch; applied with the role configured for it (or None)."""
+
+    event_id: str
+    consumer: str
+    correlation_id: uuid.UUID
+    source: str
+    role: str | None
+    to: str
+    evidence: dict[str, Any]
+    reason: str = ""
+    dispatch_id: str | None = None
+    order_external_ref: str | None = None
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True)
+class RejectReport:
+    """Answer an outside system's report that could not be read (its contract is broken)."""
+
+    event_id: str
+    consumer: str
+    correlation_id: uuid.UUID
+    source: str
+    report: str  # "exception" or "progress"
+    reasons: list[str]
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True)
 class Moved:
     """A dispatch after a change: what the API answers (with the approval it asked for)."""
 
@@ -174,9 +231,32 @@ async def create_dispatch(cmd: CreateDispatch, uow: DispatchUnitOfWork) -> str |
                                      correlation_id=cmd.correlation_id)
         # A second order.confirmed for the same order (a new event id, so the inbox let it
         # through) still makes no second dispatch; the unique order_id is the last word.
-        if not await tx.dispatches.add(dispatch):
+        parked = await tx.dispatches.add(dispatch)
+        if parked is None:
             return None
+        if parked:  # what arrived before the dispatch existed is applied to it now
+            _apply_parked(dispatch, parked)
+            await tx.dispatches.applied(parked)
+            await tx.dispatches.save(dispatch)
         return dispatch.id
+
+
+def _apply_parked(dispatch: Dispatch, parked: list[Parked]) -> None:
+    now = datetime.now(UTC)
+    for item in parked:
+        if item.kind == PARKED_CANCELLATION:
+            dispatch.cancel_for_order(item.payload["reason"], now=now, due_at=now + CANCEL_FOLLOW_UP)
+        elif item.kind == PARKED_EXCEPTION and dispatch.status != Status.CANCELLED:
+            _open_reported(dispatch, item.payload, now)
+
+
+def _open_reported(dispatch: Dispatch, report: dict[str, Any], now: datetime) -> ExceptionRecord:
+    due = datetime.fromisoformat(report["due_at"]) if report.get("due_at") else (
+        now + PRODUCTION_FOLLOW_UP)
+    return dispatch.open_exception(
+        actor_id=report["source"], roles=frozenset({SYSTEM}), expected_version=None,
+        reason_code=report["reason_code"], owner=report.get("owner") or PRODUCTION_OWNER,
+        due_at=due, description=report["description"], blocking=report["blocking"])
 
 
 async def transition_dispatch(cmd: TransitionDispatch, uow: DispatchUnitOfWork) -> Moved:
@@ -191,15 +271,21 @@ async def transition_dispatch(cmd: TransitionDispatch, uow: DispatchUnitOfWork) 
         return _moved(dispatch, approval)
 
 
-async def cancel_for_order(cmd: CancelForOrder, uow: DispatchUnitOfWork) -> Status:
-    """Cancel the order's dispatch as the system if the table allows it; returns its status."""
+async def cancel_for_order(cmd: CancelForOrder, uow: DispatchUnitOfWork) -> Status | None:
+    """Cancel the order's dispatch as the system if the table allows it; returns its status
+    (None: no dispatch yet, the cancellation is parked for it)."""
     async with uow.begin(actor=SYSTEM_ACTOR, correlation_id=cmd.correlation_id,
                          causation_id=uuid.UUID(cmd.event_id),
                          inbox=(cmd.consumer, cmd.event_id)) as tx:
         dispatch = await tx.dispatches.get_by_order(cmd.order_id, for_update=True)
         if dispatch is None:
-            # order.cancelled overtook order.confirmed (separate queues): retry shortly.
-            raise LookupError(f"no dispatch yet for cancelled order {cmd.order_id}")
+            # order.cancelled overtook order.confirmed (separate queues): kept, and applied
+            # when the dispatch opens. The parking is audited like any write.
+            await tx.dispatches.park(Parked(
+                id=str(uuid.uuid4()), kind=PARKED_CANCELLATION, order_id=cmd.order_id,
+                payload={"reason": cmd.reason}, event_id=cmd.event_id))
+            tx.collect(OrderCancellationParked(order_id=cmd.order_id, reason=cmd.reason))
+            return None
         now = datetime.now(UTC)
         dispatch.cancel_for_order(cmd.reason, now=now, due_at=now + CANCEL_FOLLOW_UP)
         await tx.dispatches.save(dispatch)
@@ -284,6 +370,108 @@ async def escalate_overdue(cmd: EscalateOverdue, uow: DispatchUnitOfWork) -> int
     return escalated
 
 
+async def report_production_exception(cmd: ReportProductionException,
+                                      uow: DispatchUnitOfWork) -> str | None:
+    """Open the reported exception on the order's dispatch; the new exception's id.
+
+    An order with no dispatch yet (still on its way, or unknown) is parked and answered: the
+    report is applied if that dispatch opens. A report the dispatch refuses (a reason code not
+    on the list, a cancelled dispatch) is answered with the reasons, then `Refusal` is raised
+    again so that the message is dead-lettered for ops as well.
+    """
+    report = {"source": cmd.source, "reason_code": cmd.reason_code,
+              "description": cmd.description, "blocking": cmd.blocking, "owner": cmd.owner,
+              "due_at": cmd.due_at.isoformat() if cmd.due_at else None}
+    try:
+        async with uow.begin(actor=cmd.actor, correlation_id=cmd.correlation_id,
+                             causation_id=uuid.UUID(cmd.event_id),
+                             inbox=(cmd.consumer, cmd.event_id), reply_to=cmd.reply_to) as tx:
+            dispatch = await (tx.dispatches.get_by_order(cmd.order_id, for_update=True)
+                              if cmd.order_id else
+                              tx.dispatches.get_by_ref(cmd.source, cmd.order_external_ref or ""))
+            if dispatch is not None:
+                tx.correlation_id = dispatch.correlation_id
+                record = _open_reported(dispatch, report, datetime.now(UTC))
+                await tx.dispatches.save(dispatch)
+                return record.id
+            await tx.dispatches.park(Parked(
+                id=str(uuid.uuid4()), kind=PARKED_EXCEPTION, payload=report,
+                event_id=cmd.event_id, order_id=cmd.order_id,
+                source=cmd.source if cmd.order_external_ref else None,
+                external_ref=cmd.order_external_ref))
+            named = (f"order {cmd.order_id}" if cmd.order_id else
+                     f"order {cmd.order_external_ref!r} of {cmd.source}")
+            tx.collect(ReportRejected(
+                report="exception", source=cmd.source, message_id=cmd.event_id, parked=True,
+                reasons=[f"no dispatch for {named} yet: the report is kept and applied when "
+                         "that order's dispatch opens"],
+                order_id=cmd.order_id, order_external_ref=cmd.order_external_ref))
+            return None
+    except Refusal as refusal:
+        async with uow.begin(actor=cmd.actor, correlation_id=cmd.correlation_id,
+                             causation_id=uuid.UUID(cmd.event_id),
+                             inbox=(cmd.consumer, cmd.event_id), reply_to=cmd.reply_to) as tx:
+            tx.collect(ReportRejected(report="exception", source=cmd.source,
+                                      message_id=cmd.event_id, reasons=_reasons(refusal),
+                                      order_id=cmd.order_id,
+                                      order_external_ref=cmd.order_external_ref))
+        raise
+
+
+async def report_progress(cmd: ReportProgress, uow: DispatchUnitOfWork) -> Moved | None:
+    """Apply the reported move as the system's configured role, through the table; a refused
+    one is answered with `dispatch.progress.rejected` and changes nothing else."""
+    actor = Actor(id=cmd.source, role=cmd.role or SYSTEM)
+    try:
+        async with uow.begin(actor=actor, correlation_id=cmd.correlation_id,
+                             causation_id=uuid.UUID(cmd.event_id),
+                             inbox=(cmd.consumer, cmd.event_id), reply_to=cmd.reply_to) as tx:
+            if cmd.role is None:
+                raise Refusal(f"system {cmd.source} has no role here: SPINE_SYSTEM_ROLES names "
+                              "none for it, so it may not move dispatches")
+            try:
+                target = Status(cmd.to)
+            except ValueError:
+                raise Refusal(f"to {cmd.to!r} is not one of {[s.value for s in Status]}") from None
+            if cmd.dispatch_id:
+                try:
+                    found = await tx.dispatches.get(uuid.UUID(cmd.dispatch_id), for_update=True)
+                except ValueError:
+                    raise Refusal(f"dispatch_id {cmd.dispatch_id!r} is not a UUID") from None
+            else:
+                found = await tx.dispatches.get_by_ref(cmd.source, cmd.order_external_ref or "")
+            dispatch = await _locked(tx, found, "no dispatch " + (
+                cmd.dispatch_id or f"for order {cmd.order_external_ref!r} of {cmd.source}"))
+            approval = dispatch.move(target, actor_id=cmd.source, roles=frozenset({cmd.role}),
+                                     expected_version=None, evidence=cmd.evidence,
+                                     reason=cmd.reason or f"reported by {cmd.source}")
+            await tx.dispatches.save(dispatch)
+            return _moved(dispatch, approval)
+    except Refusal as refusal:
+        async with uow.begin(actor=actor, correlation_id=cmd.correlation_id,
+                             causation_id=uuid.UUID(cmd.event_id),
+                             inbox=(cmd.consumer, cmd.event_id), reply_to=cmd.reply_to) as tx:
+            tx.collect(ReportRejected(
+                report="progress", source=cmd.source, message_id=cmd.event_id, to=cmd.to,
+                reasons=_reasons(refusal), dispatch_id=cmd.dispatch_id,
+                order_external_ref=cmd.order_external_ref))
+        return None
+
+
+async def reject_report(cmd: RejectReport, uow: DispatchUnitOfWork) -> None:
+    """Answer a report whose message could not be read (then it is dead-lettered)."""
+    async with uow.begin(actor=Actor(id=cmd.source, role=SYSTEM),
+                         correlation_id=cmd.correlation_id, inbox=(cmd.consumer, cmd.event_id),
+                         reply_to=cmd.reply_to) as tx:
+        tx.collect(ReportRejected(report=cmd.report, source=cmd.source, message_id=cmd.event_id,
+                                  reasons=cmd.reasons))
+
+
+def _reasons(refusal: Refusal) -> list[str]:
+    problems = getattr(refusal, "problems", None)
+    return list(problems) if problems else [refusal.detail]
+
+
 Handler = Callable[[Any, DispatchUnitOfWork], Awaitable[Any]]
 
 # Command type → handler: the edges build a command and hand it here.
@@ -297,6 +485,9 @@ HANDLERS: dict[type[Any], Handler] = {
     RequestCorrection: request_correction,
     DecideApproval: decide_approval,
     EscalateOverdue: escalate_overdue,
+    ReportProductionException: report_production_exception,
+    ReportProgress: report_progress,
+    RejectReport: reject_report,
 }
 
 

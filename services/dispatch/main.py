@@ -17,7 +17,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     settings = settings or Settings()
     runtime = Runtime.build(NAME, settings)
     uow = sql_unit_of_work(runtime.engine)
-    subscribers.register(runtime.broker, runtime.topology, uow)
+    subscribers.register(runtime.broker, runtime.topology, uow,
+                         system_roles=settings.roles_of_systems())
     runtime.workers["escalation"] = lambda: run_escalation_timer(uow, settings.escalation_interval_s)
     return runtime, runtime.app(routers=[api.router, api.exceptions_router, api.approvals_router,
                                          dead_letters_router(NAME)], uow=uow,

@@ -11,15 +11,20 @@ from services.dispatch.domain import (
     DispatchCreated,
     DispatchMoved,
     ExceptionChanged,
+    ReportRejected,
 )
 from shared.contracts.dispatch import (
     APPROVAL_EVENTS,
     DISPATCH_CORRECTED,
     DISPATCH_CREATED,
     EXCEPTION_EVENTS,
+    EXCEPTION_REJECTED,
+    PROGRESS_REJECTED,
     DispatchApprovalChanged,
     DispatchExceptionChanged,
     DispatchTransitioned,
+    ExceptionReportRejected,
+    ProgressRejected,
     approval_event,
     dispatch_status_event,
     exception_event,
@@ -71,6 +76,16 @@ def to_wire(event: DomainEvent) -> WireEvent | None:
             "approved_by": event.approved_by, "approval_id": event.approval_id,
         })
         return WireEvent(DISPATCH_CORRECTED, corrected.model_dump(mode="json", by_alias=True))
+    if isinstance(event, ReportRejected) and event.report == "exception":
+        rejected = ExceptionReportRejected(
+            source=event.source, reasons=event.reasons, order_id=event.order_id,
+            order_external_ref=event.order_external_ref, parked=event.parked)
+        return WireEvent(EXCEPTION_REJECTED, rejected.model_dump(mode="json"))
+    if isinstance(event, ReportRejected):
+        refused = ProgressRejected(
+            source=event.source, to=event.to, reasons=event.reasons,
+            dispatch_id=event.dispatch_id, order_external_ref=event.order_external_ref)
+        return WireEvent(PROGRESS_REJECTED, refused.model_dump(mode="json"))
     return None
 
 
@@ -83,4 +98,6 @@ PUBLISHED: dict[str, type[Any]] = {
     **dict.fromkeys(EXCEPTION_EVENTS, DispatchExceptionChanged),
     **dict.fromkeys(APPROVAL_EVENTS, DispatchApprovalChanged),
     DISPATCH_CORRECTED: DispatchCorrectedContract,
+    EXCEPTION_REJECTED: ExceptionReportRejected,
+    PROGRESS_REJECTED: ProgressRejected,
 }

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.dispatch.domain import (
@@ -26,9 +26,10 @@ from services.dispatch.domain import (
     ExceptionRecord,
     ExceptionStatus,
     Line,
+    Parked,
     Status,
 )
-from services.dispatch.tables import dispatch, dispatch_approval, dispatch_exception
+from services.dispatch.tables import dispatch, dispatch_approval, dispatch_exception, dispatch_parked
 
 Track = Callable[[Dispatch], Dispatch]
 
@@ -36,8 +37,21 @@ Track = Callable[[Dispatch], Dispatch]
 class DispatchRepository(Protocol):
     """What handlers need of dispatch storage (the SQL one below; a dict in unit tests)."""
 
-    async def add(self, entity: Dispatch) -> bool:
-        """Store a new dispatch; False (nothing stored) if its order already has one."""
+    async def add(self, entity: Dispatch) -> list[Parked] | None:
+        """Store a new dispatch and return what was parked for its order (applied next);
+        None (nothing stored) if its order already has one."""
+        ...
+
+    async def park(self, parked: Parked) -> None:
+        """Keep a message about an order whose dispatch does not exist yet."""
+        ...
+
+    async def applied(self, parked: list[Parked]) -> None:
+        """Mark parked messages applied (in the transaction that applied them)."""
+        ...
+
+    async def get_by_ref(self, source: str, external_ref: str) -> Dispatch | None:
+        """The dispatch of the order `source` submitted as `external_ref`, locked for update."""
         ...
 
     async def get(self, dispatch_id: uuid.UUID, *, for_update: bool = False) -> Dispatch | None: ...
@@ -61,10 +75,25 @@ class DispatchRepository(Protocol):
         ...
 
 
-# Built once: constructing the statement per message cost more than executing it.
-_INSERT_DISPATCH = (
-    pg_insert(dispatch).on_conflict_do_nothing(index_elements=["order_id"]).returning(dispatch.c.id)
+# Built once: constructing the statement per message cost more than executing it. One round
+# trip: the new row (none if the order has its dispatch) and whatever was parked for its order.
+_INSERT_DISPATCH = sa.text("""
+WITH new AS (
+    INSERT INTO dispatch (id, order_id, external_ref, source, correlation_id, customer_id,
+                          requested_ship_date, priority, ship_to, lines, status, version)
+    VALUES (:id, :order_id, :external_ref, :source, :correlation_id, :customer_id,
+            :requested_ship_date, :priority, :ship_to, :lines, :status, :version)
+    ON CONFLICT (order_id) DO NOTHING RETURNING id
 )
+SELECT (SELECT id FROM new) AS id,
+       (SELECT json_agg(p ORDER BY p.parked_at) FROM dispatch_parked p
+        WHERE p.applied_at IS NULL
+          AND (p.order_id = :order_id OR (p.source = :source AND p.external_ref = :external_ref))
+       ) AS parked
+""").bindparams(sa.bindparam("ship_to", type_=JSONB), sa.bindparam("lines", type_=JSONB),
+                sa.bindparam("id", type_=UUID(as_uuid=True)),
+                sa.bindparam("correlation_id", type_=UUID(as_uuid=True)),
+                sa.bindparam("requested_ship_date", type_=sa.Date))
 _EXCEPTIONS = (
     sa.select(sa.func.coalesce(sa.func.json_agg(sa.text("x ORDER BY x.opened_at, x.id")),
                                sa.text("'[]'::json")))
@@ -101,22 +130,41 @@ class SqlAlchemyDispatchRepository:
         # What was read (id → version, status), to write back only what changed since.
         self._read: dict[str, tuple[int, str]] = {}
 
-    async def add(self, entity: Dispatch) -> bool:
+    async def add(self, entity: Dispatch) -> list[Parked] | None:
         order = entity.order
         assert order is not None, "a new dispatch carries the order it was opened for"  # nosec B101 # narrows a type
-        result = await self.conn.execute(_INSERT_DISPATCH, {
+        row = (await self.conn.execute(_INSERT_DISPATCH, {
             "id": uuid.UUID(entity.id), "order_id": entity.order_id,
             "external_ref": order.external_ref, "source": order.source,
             "correlation_id": entity.correlation_id, "customer_id": order.customer_id,
             "requested_ship_date": order.requested_ship_date, "priority": order.priority,
             "ship_to": order.ship_to, "lines": order.lines,
             "status": entity.status.value, "version": entity.version,
-        })
-        if result.first() is None:
-            return False
+        })).one()
+        if row.id is None:
+            return None
         self._read[entity.id] = (entity.version, entity.status.value)
         self.track(entity)
-        return True
+        return [Parked(id=x["id"], kind=x["kind"], payload=x["payload"], event_id=x["event_id"],
+                       order_id=x["order_id"], source=x["source"],
+                       external_ref=x["external_ref"]) for x in row.parked or []]
+
+    async def park(self, parked: Parked) -> None:
+        await self.conn.execute(sa.insert(dispatch_parked).values(
+            id=uuid.UUID(parked.id), kind=parked.kind, order_id=parked.order_id,
+            source=parked.source, external_ref=parked.external_ref, payload=parked.payload,
+            event_id=parked.event_id))
+
+    async def applied(self, parked: list[Parked]) -> None:
+        if parked:
+            await self.conn.execute(
+                sa.update(dispatch_parked)
+                .where(dispatch_parked.c.id.in_([uuid.UUID(p.id) for p in parked]))
+                .values(applied_at=sa.func.now()))
+
+    async def get_by_ref(self, source: str, external_ref: str) -> Dispatch | None:
+        return await self._one((dispatch.c.source == source)
+                               & (dispatch.c.external_ref == external_ref), True)
 
     async def get(self, dispatch_id: uuid.UUID, *, for_update: bool = False) -> Dispatch | None:
         return await self._one(dispatch.c.id == dispatch_id, for_update)

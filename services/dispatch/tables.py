@@ -80,3 +80,24 @@ dispatch_approval = sa.Table(
     sa.Index("ix_dispatch_approval_dispatch_id", "dispatch_id"),
     sa.Index("ix_dispatch_approval_status", "status"),
 )
+
+# Messages about an order whose dispatch does not exist yet (order.cancelled overtaking
+# order.confirmed; a production exception for an order still on its way): kept here, and applied
+# in the transaction that opens the dispatch.
+dispatch_parked = sa.Table(
+    "dispatch_parked",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("order_id", sa.Text),
+    sa.Column("source", sa.Text),
+    sa.Column("external_ref", sa.Text),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("applied_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_dispatch_parked_order_id", "order_id",
+             postgresql_where=sa.text("applied_at IS NULL")),
+    sa.Index("ix_dispatch_parked_ref", "source", "external_ref",
+             postgresql_where=sa.text("applied_at IS NULL")),
+)

@@ -126,3 +126,31 @@ class DispatchApprovalChanged(Contract):
     note: str | None = Field(default=None, description="the approver's comment or the reason "
                                                        "for rejecting")
     request: dict[str, object] = Field(default_factory=dict)
+
+
+EXCEPTION_REJECTED = "dispatch.exception.rejected"
+PROGRESS_REJECTED = "dispatch.progress.rejected"
+
+
+class ExceptionReportRejected(Contract):
+    """A production exception from an outside system was not applied, and why.
+
+    `parked`: it names no dispatch yet, and is kept to be applied when that order's dispatch
+    opens (an order still on its way); otherwise it is dead-lettered for ops as well.
+    """
+
+    source: str
+    reasons: list[str]
+    order_external_ref: str | None = None
+    order_id: str | None = None
+    parked: bool = False
+
+
+class ProgressRejected(Contract):
+    """A progress report from an outside system was refused; nothing changed."""
+
+    source: str
+    to: str | None = None
+    reasons: list[str]
+    dispatch_id: str | None = None
+    order_external_ref: str | None = None

@@ -7,7 +7,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from shared.contracts.envelope import Contract
 
@@ -50,18 +50,45 @@ class OrderSubmitted(Contract):
 
 
 class ProductionException(Contract):
-    """`ext.<system>.production.exception`: the shop floor reports a problem with an order."""
+    """`ext.<system>.production.exception`: the shop floor reports a problem with an order.
 
-    order_external_ref: str | None = None
-    order_id: str | None = None
-    reason_code: str = Field(min_length=1, max_length=64)
+    The order is named by its `order_external_ref` (as the same system submitted it) or its
+    Spine `order_id`. Without `owner` the exception goes to `role:planner`; without `due_at` it
+    is due four hours after it arrives.
+    """
+
+    order_external_ref: str | None = Field(default=None, min_length=1, max_length=100)
+    order_id: str | None = Field(default=None, min_length=1, max_length=100)
+    reason_code: str = Field(default="production_delay", min_length=1, max_length=64)
     description: str = Field(default="", max_length=2000)
     blocking: bool = False
+    owner: str | None = Field(default=None, min_length=1, max_length=200)
+    due_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _names_an_order(self) -> ProductionException:
         if not (self.order_external_ref or self.order_id):
             raise ValueError("either order_external_ref or order_id is required")
+        return self
+
+
+class DispatchProgress(Contract):
+    """`ext.<system>.dispatch.progress`: a plant system (WMS, TMS) moved a dispatch.
+
+    Applied with the role configured for the system (SPINE_SYSTEM_ROLES), through the same table
+    and checks as a person's move; `evidence` as the transitions route takes it.
+    """
+
+    dispatch_id: str | None = Field(default=None, min_length=1, max_length=100)
+    order_external_ref: str | None = Field(default=None, min_length=1, max_length=100)
+    to: str = Field(min_length=1, max_length=32)
+    evidence: dict[str, object] = Field(default_factory=dict)
+    reason: str = Field(default="", max_length=2000)
+
+    @model_validator(mode="after")
+    def _names_a_dispatch(self) -> DispatchProgress:
+        if not (self.dispatch_id or self.order_external_ref):
+            raise ValueError("either dispatch_id or order_external_ref is required")
         return self
 
 

@@ -1,4 +1,5 @@
-"""Exceptions, four-eyes approvals and corrections through the dispatch service's HTTP API.
+"""Exceptions, four-eyes approvals and corrections through the dispatch service's HTTP API,
+and the reports outside plant systems send over AMQP (production exceptions, progress).
 
 The service is built by its own `build(settings)` on a fresh database (logged in as its runtime
 role) with its lifespan running; requests go through its ASGI app, and what it committed is
@@ -18,16 +19,20 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
 
 from services.dispatch.config import Settings
 from services.dispatch.domain import OrderSnapshot
-from services.dispatch.handlers import CreateDispatch, EscalateOverdue, handle
+from services.dispatch.handlers import CancelForOrder, CreateDispatch, EscalateOverdue, handle
 from services.dispatch.main import build
 from services.dispatch.unit_of_work import sql_unit_of_work
+from shared.contracts.envelope import new_envelope
+from shared.domain import Actor
 from shared.db.engine import make_engine
+from shared.messaging.permissions import broker_user
 from shared.messaging.topology import delete_broker_objects
 from shared.runtime import Runtime
 from shared.tokens import JwtVerifier
@@ -44,7 +49,7 @@ LINES = [{"line_no": 1, "product_id": "P-1", "quantity": "5", "uom": "EA"},
 FULL = {"lines": [{"line_no": 1, "quantity": "5"}, {"line_no": 2, "quantity": "2.5"}]}
 SHORT = {"lines": [{"line_no": 1, "quantity": "4"}, {"line_no": 2, "quantity": "2.5"}]}
 SHIPMENT = {"carrier": "DHL", "tracking_number": "JD0146"}
-BUSINESS_TABLES = ("dispatch", "dispatch_exception", "dispatch_approval")
+BUSINESS_TABLES = ("dispatch", "dispatch_exception", "dispatch_approval", "dispatch_parked")
 
 # Every write to a business table notes its transaction; so does every audit row. A
 # transaction in the first list and not the second changed state without a trace.
@@ -71,11 +76,12 @@ class Service:
     db: asyncpg.Connection
     settings: Settings
 
-    async def new_dispatch(self) -> str:
+    async def new_dispatch(self, order_id: str | None = None, *, external_ref: str | None = None,
+                           source: str | None = None) -> str:
         dispatch_id: str = await handle(CreateDispatch(
             event_id=str(uuid.uuid4()), consumer="test.backbone", correlation_id=uuid.uuid4(),
-            order=OrderSnapshot(order_id=f"o-{uuid.uuid4().hex[:8]}", external_ref=None,
-                                source=None, customer_id="C-1",
+            order=OrderSnapshot(order_id=order_id or f"o-{uuid.uuid4().hex[:8]}",
+                                external_ref=external_ref, source=source, customer_id="C-1",
                                 requested_ship_date=date(2027, 1, 15), priority="normal",
                                 ship_to=SHIP_TO, lines=LINES)), self.runtime_uow())
         return dispatch_id
@@ -108,6 +114,44 @@ class Service:
             "ORDER BY id", dispatch_id)
         return [(r["routing_key"], json.loads(r["body"])["data"]) for r in rows]
 
+    async def publish(self, routing_key: str, data: dict[str, Any]) -> str:
+        """Publish as an outside system does; returns the message's id."""
+        system = routing_key.split(".")[1]
+        envelope = new_envelope(type=routing_key, producer=system, data=data,
+                                actor=Actor(system, "system"), correlation_id=uuid.uuid4())
+        envelope["actor"] = None  # a machine sender may leave it out: it is then the system
+        async with await aio_pika.connect(self.settings.amqp_url) as connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(f"{self.settings.namespace}.events")
+            await exchange.publish(aio_pika.Message(
+                json.dumps(envelope, default=str).encode(), message_id=str(envelope["event_id"]),
+                content_type="application/json", user_id=broker_user(self.settings.amqp_url),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=routing_key,
+                mandatory=True)
+        return str(envelope["event_id"])
+
+    async def answered(self, routing_key: str, **data: Any) -> dict[str, Any]:
+        """The first outbox event of this type whose data has these values (waits for it)."""
+        for _ in range(300):
+            for row in await self.db.fetch(
+                    "SELECT body FROM outbox WHERE routing_key = $1 ORDER BY id", routing_key):
+                found: dict[str, Any] = json.loads(row["body"])["data"]
+                if all(found.get(k) == v for k, v in data.items()):
+                    return found
+            await asyncio.sleep(0.05)
+        pytest.fail(f"no {routing_key} with {data}")
+
+    async def dead_letters(self, purpose: str) -> list[dict[str, Any]]:
+        """What is in the dead-letter queue of one of the service's queues (left there)."""
+        queue = f"{self.settings.namespace}.dispatch.{purpose}.dlq"
+        found = []
+        async with await aio_pika.connect(self.settings.amqp_url) as connection:
+            channel = await connection.channel()
+            dlq = await channel.get_queue(queue)
+            while (message := await dlq.get(no_ack=False, fail=False)) is not None:
+                found.append({"body": json.loads(message.body), "headers": message.headers})
+        return found
+
     async def counts(self) -> dict[str, int]:
         return {t: await self.db.fetchval(f'SELECT count(*) FROM "{t}"')  # nosec B608 # fixed names
                 for t in (*BUSINESS_TABLES, "audit_log", "outbox")}
@@ -121,7 +165,8 @@ async def service(servers: Servers) -> AsyncIterator[Service]:
         async with service_database(servers.pg_url, "dispatch", prefix) as password:
             settings = Settings(_env_file=None, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
                                 db_prefix=prefix, namespace=prefix, jwt_secret=SECRET,
-                                db_password=password, escalation_interval_s=3600)
+                                db_password=password, escalation_interval_s=3600,
+                                system_roles="wms=warehouse")
             db = await asyncpg.connect(f"{servers.pg_url}/{settings.database_name}")
             await db.execute(_WRITE_WATCH)
             for table in BUSINESS_TABLES:
@@ -439,3 +484,103 @@ async def test_two_people_resolving_one_exception_at_once_have_exactly_one_winne
     assert sorted(a.status_code for a in answers) == [200] + [409] * 4
     types = [t for t, _ in await service.outbox(dispatch_id)]
     assert (types.count("dispatch.exception.resolved"), types.count("dispatch.pending")) == (1, 1)
+
+
+# ------------------------------------------------------------------------------ plant systems
+
+
+async def test_a_production_exception_from_the_shop_floor_holds_the_orders_dispatch(
+    service: Service,
+) -> None:
+    ref = f"MES-{uuid.uuid4().hex[:6]}"
+    dispatch_id = await service.new_dispatch(external_ref=ref, source="mes")
+    await service.publish("ext.mes.production.exception", {
+        "order_external_ref": ref, "reason_code": "quality_hold", "blocking": True,
+        "description": "batch 7 failed inspection"})
+    opened = await service.answered("dispatch.exception.opened", dispatch_id=dispatch_id)
+    assert (opened["owner"], opened["reason_code"], opened["blocking"]) == (
+        "role:planner", "quality_hold", True)
+    assert (await service.get(dispatch_id))["status"] == "on_hold"
+    history = (await service.http.get(f"/dispatches/{dispatch_id}/history",
+                                      headers=token("ops"))).json()
+    assert (history[-2]["actor_id"], history[-2]["actor_role"]) == ("mes", "system")
+
+
+async def test_a_production_exception_before_its_dispatch_is_answered_kept_and_applied_later(
+    service: Service,
+) -> None:
+    order_id = f"o-{uuid.uuid4().hex[:8]}"
+    await service.publish("ext.mes.production.exception", {
+        "order_id": order_id, "reason_code": "production_delay", "blocking": True})
+    rejected = await service.answered("dispatch.exception.rejected", order_id=order_id)
+    assert rejected["parked"] is True and "kept" in rejected["reasons"][0]
+    dispatch_id = await service.new_dispatch(order_id)
+    shown = await service.get(dispatch_id)
+    assert shown["status"] == "on_hold"
+    assert [x["reason_code"] for x in shown["exceptions"]] == ["production_delay"]
+    assert [t for t, _ in await service.outbox(dispatch_id)] == [
+        "dispatch.created", "dispatch.exception.opened", "dispatch.on_hold"]
+
+
+async def test_a_production_exception_the_dispatch_refuses_is_answered_and_dead_lettered(
+    service: Service,
+) -> None:
+    dispatch_id = await service.new_dispatch()
+    order_id = (await service.get(dispatch_id))["order_id"]
+    message_id = await service.publish("ext.mes.production.exception", {
+        "order_id": order_id, "reason_code": "gremlins"})
+    rejected = await service.answered("dispatch.exception.rejected", order_id=order_id)
+    assert "reason_code 'gremlins' is not one of" in rejected["reasons"][0]
+    assert rejected["parked"] is False
+    broken = await service.publish("ext.mes.production.exception", {"reason_code": "other"})
+    await service.answered("dispatch.exception.rejected", source="mes",
+                           reasons=["data: Value error, either order_external_ref or order_id "
+                                    "is required"])
+    for _ in range(100):
+        kept = {m["body"]["event_id"]: m for m in await service.dead_letters("production-exception")}
+        if {message_id, broken} <= set(kept):
+            break
+        await asyncio.sleep(0.05)
+    assert "gremlins" in kept[message_id]["headers"]["x-spine-error"]
+    assert "contract violation" in kept[broken]["headers"]["x-spine-error"]
+    assert (await service.get(dispatch_id))["exceptions"] == []
+
+
+async def test_progress_from_a_plant_system_is_applied_with_its_role_or_answered(
+    service: Service,
+) -> None:
+    ref = f"W-{uuid.uuid4().hex[:6]}"
+    dispatch_id = await service.new_dispatch(external_ref=ref, source="wms")
+    await service.walk(dispatch_id, ("released", "planner", None))
+    await service.publish("ext.wms.dispatch.progress", {"dispatch_id": dispatch_id,
+                                                         "to": "picking"})
+    moved = await service.answered("dispatch.picking", dispatch_id=dispatch_id)
+    assert moved["reason"] == "reported by wms"
+    # Beyond its role (warehouse may not ship), and a system with no role at all: refused.
+    before = await service.get(dispatch_id)
+    await service.publish("ext.wms.dispatch.progress", {
+        "order_external_ref": ref, "to": "shipped",
+        "evidence": {"carrier": "DHL", "tracking_number": "1"}})
+    refused = await service.answered("dispatch.progress.rejected", source="wms", to="shipped")
+    assert "needs one of ['shipping']" in refused["reasons"][0] or "may move" in refused["reasons"][0]
+    await service.publish("ext.tms.dispatch.progress", {"dispatch_id": dispatch_id,
+                                                         "to": "packed", "evidence": FULL})
+    nobody = await service.answered("dispatch.progress.rejected", source="tms")
+    assert "SPINE_SYSTEM_ROLES names none for it" in nobody["reasons"][0]
+    after = await service.get(dispatch_id)
+    assert (after["status"], after["version"]) == (before["status"], before["version"])
+
+
+async def test_an_order_cancelled_before_its_dispatch_opened_cancels_it_as_it_opens(
+    service: Service,
+) -> None:
+    order_id = f"o-{uuid.uuid4().hex[:8]}"
+    uow = service.runtime_uow()
+    parked = await handle(CancelForOrder(event_id=str(uuid.uuid4()), consumer="test.backbone",
+                                         correlation_id=uuid.uuid4(), order_id=order_id,
+                                         reason="customer withdrew"), uow)
+    assert parked is None
+    dispatch_id = await service.new_dispatch(order_id)
+    assert (await service.get(dispatch_id))["status"] == "cancelled"
+    assert [t for t, _ in await service.outbox(dispatch_id)] == [
+        "dispatch.created", "dispatch.cancelled"]

@@ -65,6 +65,8 @@ def test_the_topology_declares_the_queues_and_bindings_the_registry_lists() -> N
         "ns.order.product-upserted": "erp.product.upserted",
         "ns.dispatch.order-confirmed": "order.confirmed",
         "ns.dispatch.order-cancelled": "order.cancelled",
+        "ns.dispatch.production-exception": "ext.*.production.exception",
+        "ns.dispatch.dispatch-progress": "ext.*.dispatch.progress",
         "ns.notification.events": "dispatch.#",
     }
     assert known_queues("ns") == list(expected)

@@ -17,6 +17,9 @@ from services.dispatch.handlers import (
     EscalateOverdue,
     Moved,
     OpenException,
+    RejectReport,
+    ReportProductionException,
+    ReportProgress,
     RequestCorrection,
     ResolveException,
     TransitionDispatch,
@@ -163,18 +166,21 @@ async def test_a_cancelled_order_leaves_a_dispatch_being_picked_to_a_supervisor_
                                                        "dispatch.on_hold"]
 
 
-async def test_a_cancellation_that_overtakes_its_confirmation_is_retried_not_lost(
+async def test_a_cancellation_that_overtakes_its_confirmation_cancels_the_dispatch_as_it_opens(
     fake: tuple[FakeUnitOfWork[Any], FakeStore[str, Dispatch]],
 ) -> None:
-    uow, _ = fake
+    uow, store = fake
     cmd = CancelForOrder(event_id=str(uuid.uuid4()), consumer="c", correlation_id=JOURNEY,
-                         order_id="o-9", reason="")
-    with pytest.raises(LookupError):
-        await handle(cmd, uow)
-    assert cmd.consumer not in {consumer for consumer, _ in uow.inbox}, "the retry must get through"
+                         order_id="o-1", reason="customer withdrew")
+    assert await handle(cmd, uow) is None
+    assert uow.audit[-1][1].action == "dispatch.cancellation_parked"
+    dispatch_id = await handle(confirmed(), uow)
+    assert store.rows[dispatch_id].status == Status.CANCELLED
+    assert uow.published_types()[-2:] == ["dispatch.created", "dispatch.cancelled"]
 
 
 def test_every_command_has_exactly_one_handler() -> None:
     assert set(HANDLERS) == {CreateDispatch, TransitionDispatch, CancelForOrder, OpenException,
                              AcknowledgeException, ResolveException, RequestCorrection,
-                             DecideApproval, EscalateOverdue}
+                             DecideApproval, EscalateOverdue, ReportProductionException,
+                             ReportProgress, RejectReport}

@@ -1,4 +1,4 @@
-"""Exceptions with a lifecycle, and four-eyes approvals.
+"""Exceptions with a lifecycle, four-eyes approvals, and messages parked for a dispatch to come.
 
 A dispatch held before exceptions were records keeps its hold: its hold facts become one open
 blocking exception, so resolving it returns the dispatch to the state it left.
@@ -61,9 +61,27 @@ def upgrade() -> None:
     )
     op.create_index("ix_dispatch_approval_dispatch_id", "dispatch_approval", ["dispatch_id"])
     op.create_index("ix_dispatch_approval_status", "dispatch_approval", ["status"])
+    op.create_table(
+        "dispatch_parked",
+        sa.Column("id", UUID(as_uuid=True), nullable=False),
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("order_id", sa.Text),
+        sa.Column("source", sa.Text),
+        sa.Column("external_ref", sa.Text),
+        sa.Column("payload", JSONB, nullable=False),
+        sa.Column("event_id", sa.Text, nullable=False),
+        sa.Column("parked_at", _TZ, nullable=False, server_default=sa.func.now()),
+        sa.Column("applied_at", _TZ),
+        sa.PrimaryKeyConstraint("id", name="pk_dispatch_parked"),
+    )
+    op.create_index("ix_dispatch_parked_order_id", "dispatch_parked", ["order_id"],
+                    postgresql_where=sa.text("applied_at IS NULL"))
+    op.create_index("ix_dispatch_parked_ref", "dispatch_parked", ["source", "external_ref"],
+                    postgresql_where=sa.text("applied_at IS NULL"))
 
 
 def downgrade() -> None:
+    op.drop_table("dispatch_parked")
     op.drop_table("dispatch_approval")
     op.drop_index("ix_dispatch_exception_due", table_name="dispatch_exception")
     for name in ("updated_at", "acknowledged_at", "resolution", "escalated_from", "opened_by",
