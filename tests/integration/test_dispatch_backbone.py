@@ -30,8 +30,8 @@ from services.dispatch.handlers import CancelForOrder, CreateDispatch, EscalateO
 from services.dispatch.main import build
 from services.dispatch.unit_of_work import sql_unit_of_work
 from shared.contracts.envelope import new_envelope
-from shared.domain import Actor
 from shared.db.engine import make_engine
+from shared.domain import Actor
 from shared.messaging.permissions import broker_user
 from shared.messaging.topology import delete_broker_objects
 from shared.runtime import Runtime
