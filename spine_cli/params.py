@@ -9,9 +9,8 @@ from click.shell_completion import CompletionItem
 
 
 def _roles() -> tuple[str, ...]:
-    # shared.tokens pulls in PyJWT and pydantic; imported only when a role is checked, so
-    # `--help` and completion stay instant.
-    from shared.tokens import ROLES
+    # Imported only when a role is checked, so `--help` and completion stay instant.
+    from shared.domain import ROLES
 
     return ROLES
 

@@ -578,9 +578,15 @@ def _exception_problems(reason_code: str, owner: str, due_at: datetime) -> list[
 def _backorder(dispatch: Dispatch, given: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per line, what was ordered and not packed (or shipped): the quantity still owed."""
     ordered = {line.line_no: line.quantity for line in dispatch.lines}
-    return [{"line_no": int(x["line_no"]), "quantity": str(ordered[int(x["line_no"])]
-                                                           - Decimal(x["quantity"]))}
+    return [{"line_no": int(x["line_no"]),
+             "quantity": _quantity(ordered[int(x["line_no"])] - Decimal(x["quantity"]))}
             for x in given if Decimal(x["quantity"]) < ordered[int(x["line_no"])]]
+
+
+def _quantity(value: Decimal) -> str:
+    """A quantity as text without trailing zeros (4.000 - 3 owes "1", not "1.000")."""
+    text = format(value.normalize(), "f")
+    return text if text != "-0" else "0"
 
 
 def _facts_of(dispatch: Dispatch, kind: Evidence[Dispatch] | None,
@@ -892,6 +898,7 @@ def _packed_lines(
 
 
 def _is_short(dispatch: Dispatch, evidence: dict[str, Any]) -> bool:
+    """a line is packed short of its ordered quantity"""
     return bool(_backorder(dispatch, evidence["lines"]))
 
 

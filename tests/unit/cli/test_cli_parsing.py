@@ -254,6 +254,30 @@ def test_dispatch_move_refuses_a_malformed_packed_line(spine: Spine) -> None:
     assert_one_line_error(result, 2, "'1:4' is not LINE_NO=QUANTITY")
 
 
+def test_the_backbone_commands_exist(spine: Spine) -> None:
+    expected = {("dispatch", name) for name in ("exception", "exceptions", "acknowledge",
+                                                "resolve", "correct", "approvals", "approve",
+                                                "reject")}
+    assert expected <= set(command_paths())
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ("carrier", "'carrier' is not FIELD=VALUE"),
+    ("price=3", "'price' cannot be corrected"),
+    ("line:x=3", "'line:x' cannot be corrected"),
+])
+def test_dispatch_correct_refuses_a_change_it_cannot_send(spine: Spine, change: str,
+                                                         problem: str) -> None:
+    result = spine("dispatch", "correct", "d-1", "--as", "shipping", "--set", change,
+                   "--reason", "typo")
+    assert_one_line_error(result, 2, problem)
+
+
+def test_dispatch_approve_needs_the_deciding_supervisor(spine: Spine) -> None:
+    result = spine("dispatch", "approve", "a-1")
+    assert_one_line_error(result, 2, "--sub")
+
+
 def test_dispatch_move_needs_a_role_the_services_know(spine: Spine) -> None:
     result = spine("dispatch", "move", "d-1", "released", "--as", "boss")
     assert_one_line_error(result, 2, "unknown role 'boss'")
