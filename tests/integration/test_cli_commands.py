@@ -179,7 +179,7 @@ async def test_topology_declare_makes_every_known_queue_and_its_dead_letter_queu
     assert ran.code == 0, ran.err
     assert ran.out.startswith(
         f"declared {namespace}.events (topic, alternate exchange {namespace}.unrouted), "
-        f"{namespace}.dlx (direct), {namespace}.unrouted (fanout) and 13 queues")
+        f"{namespace}.dlx (direct), {namespace}.unrouted (fanout) and 17 queues")
     connection = await aio_pika.connect(servers.amqp_url)
     try:
         for name in [*known_queues(namespace), f"{namespace}.unrouted"]:
@@ -198,9 +198,9 @@ async def test_dlq_list_on_a_fresh_namespace_counts_no_dead_letter_in_any_known_
     ran = await spine("dlq", "list")
     assert ran.code == 0, ran.err
     lines = ran.out.splitlines()
-    assert lines[-2:] == ["0 dead letter(s) in 6 known dead-letter queue(s)",
+    assert lines[-2:] == ["0 dead letter(s) in 8 known dead-letter queue(s)",
                           f"{namespace}.unrouted: 0 event(s) no queue was bound for"]
-    assert all(line.endswith(": 0 dead letter(s)") for line in lines[:-2]) and len(lines) == 8
+    assert all(line.endswith(": 0 dead letter(s)") for line in lines[:-2]) and len(lines) == 10
 
 
 async def test_dlq_list_of_a_queue_that_does_not_exist_says_so_and_exits_1(spine: Spine) -> None:
