@@ -8,6 +8,7 @@ other systems would read it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,13 @@ def _of(dispatch_id: str, kind: str) -> Any:
     return lambda e: e["type"] == kind and e["data"].get("dispatch_id") == dispatch_id
 
 
+async def _all_of(stack: Stack, dispatch_id: str, kind: str, *, for_s: float) -> int:
+    """How many `kind` events of the dispatch the broker carried, reading for `for_s` more."""
+    with contextlib.suppress(AssertionError):  # no count is ever reached: it reads to the end
+        await stack.events(_of(dispatch_id, kind), count=10**6, timeout=for_s)
+    return len([e for e in stack.seen if _of(dispatch_id, kind)(e)])
+
+
 async def test_an_exception_due_while_the_dispatch_service_is_down_is_escalated_once_after(
     stack: Stack,
 ) -> None:
@@ -69,8 +77,8 @@ async def test_an_exception_due_while_the_dispatch_service_is_down_is_escalated_
                                      timeout=30)
     assert (escalated["data"]["owner"], escalated["data"]["escalated_from"]) == (
         "role:supervisor", "u-anna")
-    await asyncio.sleep(2.0)  # four more ticks: none may escalate it again
-    assert len([e for e in stack.seen if _of(dispatch_id, "dispatch.exception.escalated")(e)]) == 1
+    # Four more ticks: none may escalate it again.
+    assert await _all_of(stack, dispatch_id, "dispatch.exception.escalated", for_s=2.0) == 1
     async with httpx.AsyncClient(base_url=stack.url("dispatch"), timeout=10) as client:
         shown = await client.get(f"/exceptions/{exception_id}", headers=stack.headers("ops"))
     assert shown.json()["status"] == "escalated"
@@ -149,3 +157,37 @@ async def test_a_correction_after_shipping_is_approved_and_published_end_to_end(
         {"field": "carrier", "line_no": None, "from": "DHL", "to": "UPS"}]
     assert (corrected["data"]["requested_by"], corrected["data"]["approved_by"]) == (
         "u-sam", "u-otto")
+
+
+async def test_people_acting_at_once_on_the_running_service_have_exactly_one_winner(
+    stack: Stack,
+) -> None:
+    dispatch_id = await _dispatch_of_new_order(stack)
+    # One client per person: separate connections to the service process, fired together.
+    clients = [httpx.AsyncClient(base_url=stack.url("dispatch"), timeout=10) for _ in range(6)]
+    try:
+        answers = await asyncio.gather(*(c.post(
+            f"/dispatches/{dispatch_id}/transitions", json={"to": "released"},
+            headers={**stack.headers("planner", sub=f"u-{i}"), "If-Match": '"1"'})
+            for i, c in enumerate(clients)))
+        assert sorted(a.status_code for a in answers) == [200] + [412] * 5
+        await _to_picking_from_released(clients[0], stack, dispatch_id)
+        asked = await _move(clients[0], stack, dispatch_id, "cancelled", "supervisor",
+                            sub="u-sara", reason="customer withdrew")
+        location = asked.headers["location"]
+        decisions = await asyncio.gather(*(c.post(
+            f"{location}/approve", json={},
+            headers=stack.headers("supervisor", sub=f"u-boss-{i}"))
+            for i, c in enumerate(clients)))
+        assert sorted(d.status_code for d in decisions) == [200] + [409] * 5
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    await stack.events(_of(dispatch_id, "dispatch.cancelled"))
+    for kind in ("dispatch.released", "dispatch.approval.approved", "dispatch.cancelled"):
+        assert await _all_of(stack, dispatch_id, kind, for_s=1.0) == 1, kind
+
+
+async def _to_picking_from_released(client: httpx.AsyncClient, stack: Stack,
+                                    dispatch_id: str) -> None:
+    moved = await _move(client, stack, dispatch_id, "picking", "warehouse")
+    assert moved.status_code == 200, moved.text
