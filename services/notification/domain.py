@@ -1,16 +1,16 @@
 """What the notification service keeps of each event it observes. No I/O.
 
-The notification rules (a later issue) decide who hears about what from these observations;
-until then the service records each event once, with the aggregate it concerns, so that the
-rules have a history to read and ops can see what went past.
+The service records each event once, with the aggregate it concerns, and its rules (data:
+`services/notification/rules/`) decide who hears about it on which channel.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from string import Template
 from typing import Any
 
 from shared.domain import Actor, AuditFact, DomainEvent
@@ -73,3 +73,97 @@ def _version(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     return None
+
+
+# ---------------------------------------------------------------------------- rules
+
+# Who a rule may name: a role's holders, one user, or a person the event names.
+EVENT_RECIPIENTS = {
+    "owner": "owner",  # the exception's owner (a user id or role:<role>)
+    "requester": "requested_by",  # who asked for an approval
+}
+CHANNELS = ("inbox",)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """On an event type, with conditions on its data, notify recipients on channels."""
+
+    id: str
+    on: str
+    notify: tuple[str, ...]
+    channels: tuple[str, ...]
+    title: str
+    body: str
+    # field → a value it must equal, or {"in": [values]}.
+    when: Mapping[str, Any] = field(default_factory=dict)
+
+    def applies_to(self, event_type: str, data: Mapping[str, Any]) -> bool:
+        if event_type != self.on:
+            return False
+        for name, expected in self.when.items():
+            value = data.get(name)
+            if isinstance(expected, Mapping):
+                if value not in expected["in"]:
+                    return False
+            elif value != expected:
+                return False
+        return True
+
+    def recipients(self, data: Mapping[str, Any]) -> list[str]:
+        """`user:<id>` or `role:<role>` of each recipient the event resolves to, once each."""
+        found: list[str] = []
+        for name in self.notify:
+            target = data.get(EVENT_RECIPIENTS[name]) if name in EVENT_RECIPIENTS else name
+            if not isinstance(target, str) or not target:
+                continue  # the event names nobody there: nobody to tell
+            recipient = target if target.startswith(("role:", "user:")) else f"user:{target}"
+            if recipient not in found:
+                found.append(recipient)
+        return found
+
+    def render(self, data: Mapping[str, Any]) -> tuple[str, str]:
+        """The title and body, with `$field` replaced by the event's data (unknown ones kept)."""
+        values = {k: "" if v is None else str(v) for k, v in data.items()}
+        return (Template(self.title).safe_substitute(values),
+                Template(self.body).safe_substitute(values))
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One recipient to tell on one channel, because of one event and one rule."""
+
+    event_id: uuid.UUID
+    rule_id: str
+    recipient: str
+    channel: str
+    title: str
+    body: str
+
+
+def notifications(rules: Sequence[Rule], event: ObservedEvent) -> list[Notification]:
+    """Everyone the rules say must hear of `event`, each on each channel once."""
+    found: dict[tuple[str, str], Notification] = {}
+    for rule in rules:
+        if not rule.applies_to(event.type, event.data):
+            continue
+        title, body = rule.render(event.data)
+        for recipient in rule.recipients(event.data):
+            for channel in rule.channels:
+                # One event tells one recipient once per channel, whichever rules name them.
+                found.setdefault((recipient, channel), Notification(
+                    event.event_id, rule.id, recipient, channel, title, body))
+    return list(found.values())
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotificationsQueued(DomainEvent):
+    """The rules named people to tell of an event (the delivery rows say who and how)."""
+
+    event: ObservedEvent
+    count: int
+
+    def audit(self) -> AuditFact:
+        return AuditFact(action="notification.queued", entity_type="event",
+                         entity_id=str(self.event.event_id),
+                         details={"type": self.event.type, "deliveries": self.count})

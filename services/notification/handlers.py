@@ -6,16 +6,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.notification.domain import SYSTEM_ACTOR, EventObserved, ObservedEvent
+from services.notification.domain import (
+    SYSTEM_ACTOR,
+    EventObserved,
+    NotificationsQueued,
+    ObservedEvent,
+    Rule,
+    notifications,
+)
 from services.notification.unit_of_work import NotificationUnitOfWork
 
 
 @dataclass(frozen=True)
 class RecordEvent:
-    """Keep one observed event, once, for the notification rules to read."""
+    """Keep one observed event, once, and tell whom the rules name."""
 
     consumer: str
     event: ObservedEvent
+    rules: tuple[Rule, ...] = ()
 
 
 async def record_event(cmd: RecordEvent, uow: NotificationUnitOfWork) -> bool:
@@ -31,6 +39,10 @@ async def record_event(cmd: RecordEvent, uow: NotificationUnitOfWork) -> bool:
             return False
         # Nothing records this event but the handler: an observation is a copy, not an aggregate.
         tx.collect(EventObserved(observed=event))
+        # Who must hear of it: in the same transaction, so a redelivery tells nobody twice.
+        queued = await tx.observed.deliver(event, notifications(cmd.rules, event))
+        if queued:
+            tx.collect(NotificationsQueued(event=event, count=queued))
         return True
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from shared.web import dead_letters
-from shared.web.permissions import Permissions
+from shared.web.permissions import EVERY_ROLE, Permissions
 
 # Observed events cross every service and journey: for ops and supervisors, not every reader.
 PERMISSIONS = Permissions("notification", {
     ("GET", "/events"): frozenset({"ops", "supervisor"}),
+    ("GET", "/rules"): frozenset({"ops", "supervisor"}),
+    ("GET", "/deliveries"): frozenset({"ops", "supervisor"}),
+    # Everyone has an inbox; each sees only their own (by user and roles).
+    ("GET", "/inbox"): EVERY_ROLE,
+    ("POST", "/inbox/{delivery_id}/read"): EVERY_ROLE,
     **dead_letters.PERMISSIONS,
 })

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Protocol
 
+import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.notification.domain import ObservedEvent
-from services.notification.tables import observed_event
+from services.notification.domain import Notification, ObservedEvent
+from services.notification.tables import notification_delivery, observed_event
 
 
 class ObservedEventRepository(Protocol):
@@ -16,6 +18,10 @@ class ObservedEventRepository(Protocol):
 
     async def add(self, event: ObservedEvent) -> bool:
         """Store the event; False when it was stored before (same event id, another route)."""
+        ...
+
+    async def deliver(self, event: ObservedEvent, notifications: list[Notification]) -> int:
+        """Record what the rules said (the in-app inbox is delivered by its row); how many."""
         ...
 
 
@@ -52,3 +58,17 @@ class SqlAlchemyObservedEventRepository:
             },
         )
         return result.first() is not None
+
+    async def deliver(self, event: ObservedEvent, notifications: list[Notification]) -> int:
+        if not notifications:
+            return 0
+        rows = [{"id": uuid.uuid4(), "event_id": n.event_id, "event_type": event.type,
+                 "rule_id": n.rule_id, "recipient": n.recipient, "channel": n.channel,
+                 # The inbox is its own delivery: the row is the entry the recipient reads.
+                 "status": "sent", "attempts": 1, "title": n.title, "body": n.body,
+                 "sent_at": sa.func.now()} for n in notifications]
+        result = await self.conn.execute(
+            pg_insert(notification_delivery).values(rows)
+            .on_conflict_do_nothing(index_elements=["event_id", "recipient", "channel"])
+            .returning(notification_delivery.c.id))
+        return len(result.all())

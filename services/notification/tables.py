@@ -34,3 +34,27 @@ observed_event = sa.Table(
     sa.Index("ix_observed_event_aggregate", "aggregate_type", "aggregate_id"),
     sa.Index("ix_observed_event_received_at", "received_at"),
 )
+
+# One row per (event, recipient, channel), ever: the unique key is the promise that one event
+# never tells one recipient twice on one channel, whatever redelivers it.
+notification_delivery = sa.Table(
+    "notification_delivery",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("rule_id", sa.Text, nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("read_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("event_id", "recipient", "channel"),
+    sa.Index("ix_notification_delivery_recipient", "recipient", "channel", "created_at"),
+)

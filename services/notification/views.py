@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.notification.tables import observed_event
+from services.notification.tables import notification_delivery, observed_event
 
 
 async def list_events(
@@ -31,4 +31,46 @@ async def list_events(
     query = query.order_by(*(c.asc() if oldest_first else c.desc() for c in order))
     async with engine.connect() as conn:
         rows = await conn.execute(query.limit(limit))
+        return [dict(r) for r in rows.mappings()]
+
+
+_d = notification_delivery
+
+
+async def inbox(engine: AsyncEngine, addresses: list[str], *, unread_only: bool, limit: int,
+                offset: int) -> dict[str, Any]:
+    """The in-app entries for these addresses, newest first, and how many are unread."""
+    mine = (_d.c.channel == "inbox") & _d.c.recipient.in_(addresses)
+    query = sa.select(_d).where(mine).order_by(_d.c.created_at.desc(), _d.c.id)
+    if unread_only:
+        query = query.where(_d.c.read_at.is_(None))
+    async with engine.connect() as conn:
+        rows = await conn.execute(query.limit(limit).offset(offset))
+        unread = await conn.scalar(sa.select(sa.func.count()).select_from(_d)
+                                   .where(mine, _d.c.read_at.is_(None)))
+        return {"unread": unread or 0, "entries": [dict(r) for r in rows.mappings()]}
+
+
+async def mark_read(engine: AsyncEngine, delivery_id: uuid.UUID,
+                    addresses: list[str]) -> dict[str, Any] | None:
+    """Mark it read (once: the first time stays) if it is in these addresses' inbox."""
+    async with engine.begin() as conn:
+        row = (await conn.execute(
+            sa.update(_d)
+            .where(_d.c.id == delivery_id, _d.c.channel == "inbox", _d.c.recipient.in_(addresses))
+            .values(read_at=sa.func.coalesce(_d.c.read_at, sa.func.now()))
+            .returning(_d))).mappings().first()
+        return dict(row) if row else None
+
+
+async def deliveries(engine: AsyncEngine, *, event_id: uuid.UUID | None, recipient: str | None,
+                     channel: str | None, status: str | None, limit: int,
+                     offset: int) -> list[dict[str, Any]]:
+    query = sa.select(_d).order_by(_d.c.created_at.desc(), _d.c.id)
+    for column, value in ((_d.c.event_id, event_id), (_d.c.recipient, recipient),
+                          (_d.c.channel, channel), (_d.c.status, status)):
+        if value is not None:
+            query = query.where(column == value)
+    async with engine.connect() as conn:
+        rows = await conn.execute(query.limit(limit).offset(offset))
         return [dict(r) for r in rows.mappings()]

@@ -327,6 +327,11 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("dispatch", "POST", "/approvals/{approval_id}/approve"): _approve,
     ("dispatch", "POST", "/approvals/{approval_id}/reject"): _reject,
     ("notification", "GET", "/events"): _fixed("GET", "/events"),
+    ("notification", "GET", "/rules"): _fixed("GET", "/rules"),
+    ("notification", "GET", "/deliveries"): _fixed("GET", "/deliveries"),
+    ("notification", "GET", "/inbox"): _fixed("GET", "/inbox"),
+    ("notification", "POST", "/inbox/{delivery_id}/read"):
+        _fixed("POST", f"/inbox/{_some_id()}/read"),
     ("erp_adapter", "POST", "/imports"): _customers_import,
     ("erp_adapter", "GET", "/imports"): _fixed("GET", "/imports"),
     ("erp_adapter", "GET", "/imports/{run_id}"): _fixed("GET", f"/imports/{_some_id()}"),

@@ -224,3 +224,63 @@ async def test_ops_and_supervisors_can_list_observed_events_by_correlation_and_t
         assert [e["event_id"] for e in by_type.json()] == [unrelated["event_id"]]
         for headers, status in (({}, 401), (notification.token("sales"), 403)):
             assert (await client.get("/events", headers=headers)).status_code == status
+
+
+# --------------------------------------------------------------------------- rules and inbox
+
+
+def exception_opened(owner: str, *, reason_code: str = "stock_shortage",
+                     blocking: bool = True) -> dict[str, Any]:
+    return new_envelope(type="dispatch.exception.opened", producer="dispatch", data={
+        "exception_id": str(uuid.uuid4()), "dispatch_id": "d-9", "order_id": "o-9",
+        "version": 2, "status": "open", "owner": owner, "reason_code": reason_code,
+        "blocking": blocking, "due_at": "2027-01-01T12:00:00+00:00",
+        "description": "bin empty"}, actor=Actor(id="u-planner", role="planner"))
+
+
+async def test_an_exception_opened_tells_its_owner_once_in_the_inbox_even_when_redelivered(
+    notification: Notification,
+) -> None:
+    event = exception_opened("u-anna", reason_code="quality_hold")
+    async with notification.service() as http:
+        for _ in range(3):  # redeliveries of one message
+            await notification.publish_event(event)
+        await notification.wait_for(
+            "SELECT count(*) = 2 FROM notification_delivery WHERE event_id = $1::uuid",
+            event["event_id"])
+        anna = {"Authorization": "Bearer " + JwtVerifier(
+            notification.settings.jwt_secret.get_secret_value()).issue("u-anna", ["warehouse"])}
+        inbox = (await http.get("/inbox", headers=anna)).json()
+        assert inbox["unread"] == 1
+        [entry] = inbox["entries"]
+        assert (entry["rule_id"], entry["recipient"], entry["status"]) == (
+            "exception-opened-to-owner", "user:u-anna", "sent")
+        assert entry["title"] == "Exception quality_hold on dispatch d-9"
+        # Someone else's entry is not theirs to read.
+        other = await http.post(f"/inbox/{entry['id']}/read", headers=notification.token("sales"))
+        assert other.status_code == 404
+        read = await http.post(f"/inbox/{entry['id']}/read", headers=anna)
+        assert read.status_code == 200 and read.json()["read_at"]
+        assert (await http.get("/inbox", headers=anna)).json()["unread"] == 0
+        # A blocking quality hold also tells the supervisors: every supervisor's inbox has it.
+        boss = (await http.get("/inbox", headers=notification.token("supervisor"))).json()
+        assert [e["rule_id"] for e in boss["entries"]] == ["blocking-quality-hold-to-supervisors"]
+        listed = await http.get("/deliveries", params={"event_id": event["event_id"]},
+                                headers=notification.token("ops"))
+        assert sorted(d["recipient"] for d in listed.json()) == ["role:supervisor", "user:u-anna"]
+        rules = await http.get("/rules", headers=notification.token("supervisor"))
+        assert "exception-opened-to-owner" in [r["id"] for r in rules.json()]
+
+
+def test_a_bad_rules_file_stops_the_service_naming_the_rule_and_field(
+    tmp_path: Any, servers: Servers,
+) -> None:
+    bad = tmp_path / "rules.json"
+    bad.write_text(json.dumps({"version": 1, "rules": [
+        {"id": "tell-boss", "on": "dispatch.shipped", "notify": ["role:boss"],
+         "channels": ["inbox"], "title": "x"}]}))
+    from services.notification.rules import RulesError
+
+    with pytest.raises(RulesError, match="rule 'tell-boss', field notify"):
+        build(Settings(_env_file=None, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
+                       jwt_secret=secrets.token_hex(32), rules_file=bad))

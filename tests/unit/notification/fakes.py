@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.notification import publishers
-from services.notification.domain import ObservedEvent
+from services.notification.domain import Notification, ObservedEvent
 from services.notification.unit_of_work import NotificationTransaction
 from shared.domain import DomainEvent
 from shared.uow import WireEvent
@@ -17,12 +17,17 @@ from tests.unit.fakes import FakeStore, FakeTransaction, FakeUnitOfWork
 class FakeObservedEventRepository:
     def __init__(self, store: FakeStore[uuid.UUID, ObservedEvent]) -> None:
         self.store = store
+        self.delivered: list[Notification] = []
 
     async def add(self, event: ObservedEvent) -> bool:
         if self.store.read(event.event_id) is not None:
             return False
         self.store.stage(event.event_id, event)
         return True
+
+    async def deliver(self, event: ObservedEvent, notifications: list[Notification]) -> int:
+        self.delivered.extend(notifications)
+        return len(notifications)
 
 
 @dataclass
