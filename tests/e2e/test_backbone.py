@@ -191,3 +191,27 @@ async def _to_picking_from_released(client: httpx.AsyncClient, stack: Stack,
                                     dispatch_id: str) -> None:
     moved = await _move(client, stack, dispatch_id, "picking", "warehouse")
     assert moved.status_code == 200, moved.text
+
+
+async def test_an_exception_opened_over_http_reaches_its_owners_inbox_once(stack: Stack) -> None:
+    dispatch_id = await _dispatch_of_new_order(stack)
+    async with httpx.AsyncClient(base_url=stack.url("dispatch"), timeout=10) as client:
+        opened = await client.post(f"/dispatches/{dispatch_id}/exceptions", json={
+            "reason_code": "stock_shortage", "owner": "u-nora",
+            "due_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat(), "blocking": False},
+            headers=stack.headers("planner"))
+        assert opened.status_code == 201, opened.text
+    [event] = await stack.events(_of(dispatch_id, "dispatch.exception.opened"))
+    async with httpx.AsyncClient(base_url=stack.url("notification"), timeout=10) as client:
+        for _ in range(100):
+            deliveries = (await client.get("/deliveries", params={"event_id": event["event_id"]},
+                                           headers=stack.headers("ops"))).json()
+            if deliveries:
+                break
+            await asyncio.sleep(0.1)
+        assert [(d["recipient"], d["channel"], d["status"]) for d in deliveries] == [
+            ("user:u-nora", "inbox", "sent")]
+        inbox = (await client.get("/inbox", headers=stack.headers("warehouse", sub="u-nora"))
+                 ).json()
+    assert [e["event_id"] for e in inbox["entries"]] == [event["event_id"]]
+    assert inbox["unread"] == 1
