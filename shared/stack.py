@@ -46,9 +46,22 @@ class StackError(RuntimeError):
 
 def free_port() -> int:
     """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports nobody listens on right now.
+
+    All are held open until all are picked: one by one, the OS may hand out a port again that
+    the first service has not bound yet (seen: two services of one stack on one port).
+    """
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def _die_with_parent() -> None:
@@ -204,9 +217,9 @@ class IsolatedStack:
     def spawn(self) -> None:
         """Start every service as a process, on its port in `ports` or a free one; logs to `log_path`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        missing = [s.name for s in self.services if s.name not in self.ports]
+        self.ports.update(zip(missing, free_ports(len(missing)), strict=True))
         for service in self.services:
-            if service.name not in self.ports:
-                self.ports[service.name] = free_port()
             self.procs[service.name] = spawn_service(
                 service, self.env(service.name), self.log_path(service.name)
             )
