@@ -47,10 +47,6 @@ class GuardFailed(Refusal):
     """The edge exists, but a condition of it does not hold now."""
 
 
-class ApprovalRequired(Refusal):
-    """The edge needs a second person's approval."""
-
-
 class Conflict(Refusal):
     """The request clashes with what exists (a taken reference, a reused key)."""
 

@@ -253,6 +253,11 @@ class Dispatch(Aggregate):
             raise NotFound(f"no approval {approval_id} on dispatch {self.id}")
         return found
 
+    def _read_at(self, expected_version: int | None) -> None:
+        """The caller decided on the current version (None: they did not say)."""
+        if expected_version is not None and expected_version != self.version:
+            raise StaleVersion(f"dispatch is at version {self.version}, not {expected_version}")
+
     def _as_owner(self, actor_id: str, roles: frozenset[str]) -> frozenset[str]:
         """The caller's roles, plus `EXCEPTION_OWNER` if they own an unresolved exception."""
         if any(x.owned_by(actor_id, roles) for x in self.exceptions if x.unresolved):
@@ -350,8 +355,7 @@ class Dispatch(Aggregate):
     ) -> ExceptionRecord:
         """Open an owned exception; a blocking one puts an open dispatch on hold."""
         EXCEPTIONS.decide_creation(ExceptionStatus.OPEN, roles=roles)
-        if expected_version is not None and expected_version != self.version:
-            raise StaleVersion(f"dispatch is at version {self.version}, not {expected_version}")
+        self._read_at(expected_version)
         problems = _exception_problems(reason_code, owner, due_at)
         if problems:
             raise InvalidInput(problems)
@@ -446,11 +450,13 @@ class Dispatch(Aggregate):
     # ------------------------------------------------------------------ approvals
 
     def request_correction(self, changes: Sequence[Mapping[str, Any]], *, actor_id: str,
-                           roles: frozenset[str], reason: str) -> Approval:
+                           roles: frozenset[str], reason: str,
+                           expected_version: int | None = None) -> Approval:
         """Ask for a correction of a shipped dispatch: an approval request, nothing changed yet."""
         if not roles & CORRECTION_ROLES:
             raise Forbidden(f"a correction is asked for by one of {sorted(CORRECTION_ROLES)}; "
                             f"caller has {sorted(roles)}")
+        self._read_at(expected_version)
         if self.status != Status.SHIPPED:
             raise NotAllowedFromState(f"only a shipped dispatch is corrected; this one is "
                                       f"{self.status}: use its transitions")

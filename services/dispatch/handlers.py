@@ -27,7 +27,7 @@ from services.dispatch.domain import (
 )
 from services.dispatch.unit_of_work import DispatchTransaction, DispatchUnitOfWork
 from shared.domain import Actor
-from shared.workflow import SYSTEM, NotFound, Refusal, StaleVersion
+from shared.workflow import SYSTEM, NotFound, Refusal
 
 # How long a supervisor has to decide on an order cancelled after picking began, and how long
 # a planner has for a production exception that names no due time.
@@ -215,7 +215,7 @@ def _acting(cmd: Any) -> Actor:
     return Actor(id=cmd.actor_id, role=min(cmd.roles, default="none"))
 
 
-async def _locked(tx: DispatchTransaction, found: Dispatch | None, missing: str) -> Dispatch:
+def _locked(tx: DispatchTransaction, found: Dispatch | None, missing: str) -> Dispatch:
     if found is None:
         raise NotFound(missing)
     tx.correlation_id = found.correlation_id  # one correlation id per order journey
@@ -262,7 +262,7 @@ def _open_reported(dispatch: Dispatch, report: dict[str, Any], now: datetime) ->
 async def transition_dispatch(cmd: TransitionDispatch, uow: DispatchUnitOfWork) -> Moved:
     """Apply one transition, or record the approval it needs; a refusal writes nothing."""
     async with uow.begin(actor=_acting(cmd)) as tx:
-        dispatch = await _locked(tx, await tx.dispatches.get(cmd.dispatch_id, for_update=True),
+        dispatch = _locked(tx, await tx.dispatches.get(cmd.dispatch_id, for_update=True),
                                  f"no dispatch {cmd.dispatch_id}")
         approval = dispatch.move(cmd.to, actor_id=cmd.actor_id, roles=cmd.roles,
                                  expected_version=cmd.expected_version, reason=cmd.reason,
@@ -294,7 +294,7 @@ async def cancel_for_order(cmd: CancelForOrder, uow: DispatchUnitOfWork) -> Stat
 
 async def open_exception(cmd: OpenException, uow: DispatchUnitOfWork) -> ExceptionChange:
     async with uow.begin(actor=_acting(cmd)) as tx:
-        dispatch = await _locked(tx, await tx.dispatches.get(cmd.dispatch_id, for_update=True),
+        dispatch = _locked(tx, await tx.dispatches.get(cmd.dispatch_id, for_update=True),
                                  f"no dispatch {cmd.dispatch_id}")
         record = dispatch.open_exception(
             actor_id=cmd.actor_id, roles=cmd.roles, expected_version=cmd.expected_version,
@@ -306,7 +306,7 @@ async def open_exception(cmd: OpenException, uow: DispatchUnitOfWork) -> Excepti
 
 async def acknowledge_exception(cmd: AcknowledgeException, uow: DispatchUnitOfWork) -> ExceptionChange:
     async with uow.begin(actor=_acting(cmd)) as tx:
-        dispatch = await _locked(tx, await tx.dispatches.get_by_exception(cmd.exception_id),
+        dispatch = _locked(tx, await tx.dispatches.get_by_exception(cmd.exception_id),
                                  f"no exception {cmd.exception_id}")
         record = dispatch.acknowledge_exception(str(cmd.exception_id), actor_id=cmd.actor_id,
                                                 roles=cmd.roles)
@@ -316,7 +316,7 @@ async def acknowledge_exception(cmd: AcknowledgeException, uow: DispatchUnitOfWo
 
 async def resolve_exception(cmd: ResolveException, uow: DispatchUnitOfWork) -> ExceptionChange:
     async with uow.begin(actor=_acting(cmd)) as tx:
-        dispatch = await _locked(tx, await tx.dispatches.get_by_exception(cmd.exception_id),
+        dispatch = _locked(tx, await tx.dispatches.get_by_exception(cmd.exception_id),
                                  f"no exception {cmd.exception_id}")
         record = dispatch.resolve_exception(str(cmd.exception_id), actor_id=cmd.actor_id,
                                             roles=cmd.roles, resolution=cmd.resolution)
@@ -326,20 +326,18 @@ async def resolve_exception(cmd: ResolveException, uow: DispatchUnitOfWork) -> E
 
 async def request_correction(cmd: RequestCorrection, uow: DispatchUnitOfWork) -> Moved:
     async with uow.begin(actor=_acting(cmd)) as tx:
-        dispatch = await _locked(tx, await tx.dispatches.get(cmd.dispatch_id, for_update=True),
+        dispatch = _locked(tx, await tx.dispatches.get(cmd.dispatch_id, for_update=True),
                                  f"no dispatch {cmd.dispatch_id}")
-        if cmd.expected_version is not None and cmd.expected_version != dispatch.version:
-            raise StaleVersion(f"dispatch is at version {dispatch.version}, "
-                               f"not {cmd.expected_version}")
         approval = dispatch.request_correction(cmd.changes, actor_id=cmd.actor_id,
-                                               roles=cmd.roles, reason=cmd.reason)
+                                               roles=cmd.roles, reason=cmd.reason,
+                                               expected_version=cmd.expected_version)
         await tx.dispatches.save(dispatch)
         return _moved(dispatch, approval)
 
 
 async def decide_approval(cmd: DecideApproval, uow: DispatchUnitOfWork) -> ApprovalChange:
     async with uow.begin(actor=_acting(cmd)) as tx:
-        dispatch = await _locked(tx, await tx.dispatches.get_by_approval(cmd.approval_id),
+        dispatch = _locked(tx, await tx.dispatches.get_by_approval(cmd.approval_id),
                                  f"no approval {cmd.approval_id}")
         approval = dispatch.decide_approval(str(cmd.approval_id), approve=cmd.approve,
                                             actor_id=cmd.actor_id, roles=cmd.roles, note=cmd.note)
@@ -383,9 +381,7 @@ async def report_production_exception(cmd: ReportProductionException,
               "description": cmd.description, "blocking": cmd.blocking, "owner": cmd.owner,
               "due_at": cmd.due_at.isoformat() if cmd.due_at else None}
     try:
-        async with uow.begin(actor=cmd.actor, correlation_id=cmd.correlation_id,
-                             causation_id=uuid.UUID(cmd.event_id),
-                             inbox=(cmd.consumer, cmd.event_id), reply_to=cmd.reply_to) as tx:
+        async with _report(uow, cmd, cmd.actor) as tx:
             dispatch = await (tx.dispatches.get_by_order(cmd.order_id, for_update=True)
                               if cmd.order_id else
                               tx.dispatches.get_by_ref(cmd.source, cmd.order_external_ref or ""))
@@ -408,9 +404,7 @@ async def report_production_exception(cmd: ReportProductionException,
                 order_id=cmd.order_id, order_external_ref=cmd.order_external_ref))
             return None
     except Refusal as refusal:
-        async with uow.begin(actor=cmd.actor, correlation_id=cmd.correlation_id,
-                             causation_id=uuid.UUID(cmd.event_id),
-                             inbox=(cmd.consumer, cmd.event_id), reply_to=cmd.reply_to) as tx:
+        async with _report(uow, cmd, cmd.actor) as tx:
             tx.collect(ReportRejected(report="exception", source=cmd.source,
                                       message_id=cmd.event_id, reasons=_reasons(refusal),
                                       order_id=cmd.order_id,
@@ -423,9 +417,7 @@ async def report_progress(cmd: ReportProgress, uow: DispatchUnitOfWork) -> Moved
     one is answered with `dispatch.progress.rejected` and changes nothing else."""
     actor = Actor(id=cmd.source, role=cmd.role or SYSTEM)
     try:
-        async with uow.begin(actor=actor, correlation_id=cmd.correlation_id,
-                             causation_id=uuid.UUID(cmd.event_id),
-                             inbox=(cmd.consumer, cmd.event_id), reply_to=cmd.reply_to) as tx:
+        async with _report(uow, cmd, actor) as tx:
             if cmd.role is None:
                 raise Refusal(f"system {cmd.source} has no role here: SPINE_SYSTEM_ROLES names "
                               "none for it, so it may not move dispatches")
@@ -440,7 +432,7 @@ async def report_progress(cmd: ReportProgress, uow: DispatchUnitOfWork) -> Moved
                     raise Refusal(f"dispatch_id {cmd.dispatch_id!r} is not a UUID") from None
             else:
                 found = await tx.dispatches.get_by_ref(cmd.source, cmd.order_external_ref or "")
-            dispatch = await _locked(tx, found, "no dispatch " + (
+            dispatch = _locked(tx, found, "no dispatch " + (
                 cmd.dispatch_id or f"for order {cmd.order_external_ref!r} of {cmd.source}"))
             approval = dispatch.move(target, actor_id=cmd.source, roles=frozenset({cmd.role}),
                                      expected_version=None, evidence=cmd.evidence,
@@ -448,9 +440,7 @@ async def report_progress(cmd: ReportProgress, uow: DispatchUnitOfWork) -> Moved
             await tx.dispatches.save(dispatch)
             return _moved(dispatch, approval)
     except Refusal as refusal:
-        async with uow.begin(actor=actor, correlation_id=cmd.correlation_id,
-                             causation_id=uuid.UUID(cmd.event_id),
-                             inbox=(cmd.consumer, cmd.event_id), reply_to=cmd.reply_to) as tx:
+        async with _report(uow, cmd, actor) as tx:
             tx.collect(ReportRejected(
                 report="progress", source=cmd.source, message_id=cmd.event_id, to=cmd.to,
                 reasons=_reasons(refusal), dispatch_id=cmd.dispatch_id,
@@ -465,6 +455,13 @@ async def reject_report(cmd: RejectReport, uow: DispatchUnitOfWork) -> None:
                          reply_to=cmd.reply_to) as tx:
         tx.collect(ReportRejected(report=cmd.report, source=cmd.source, message_id=cmd.event_id,
                                   reasons=cmd.reasons))
+
+
+def _report(uow: DispatchUnitOfWork, cmd: Any, actor: Actor) -> Any:
+    """The unit of work of one outside report: its inbox row, its journey, its reply queue."""
+    return uow.begin(actor=actor, correlation_id=cmd.correlation_id,
+                     causation_id=uuid.UUID(cmd.event_id), inbox=(cmd.consumer, cmd.event_id),
+                     reply_to=cmd.reply_to)
 
 
 def _reasons(refusal: Refusal) -> list[str]:

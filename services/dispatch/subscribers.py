@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import uuid
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -28,7 +26,7 @@ from shared.contracts.ext import DispatchProgress, ProductionException, source_o
 from shared.contracts.order import OrderCancelled, OrderConfirmed
 from shared.domain import Actor
 from shared.messaging.broker import delivery_policy
-from shared.messaging.delivery import Answered, PermanentError, event_routing_key
+from shared.messaging.delivery import Answered, PermanentError, event_routing_key, refused_ids
 from shared.messaging.topology import Topology, consumer_queue
 from shared.uow import Duplicate, InboxConflict
 from shared.workflow import SYSTEM, Refusal
@@ -153,21 +151,12 @@ def _refused_answer(uow: DispatchUnitOfWork, consumer: str, report: str) -> Any:
         source = source_of(event_routing_key(raw))
         if source is None:
             return
-        envelope = body if isinstance(body, dict) else {}
-        event_id = (_uuid(envelope.get("event_id")) or _uuid(raw.message_id)
-                    or uuid.UUID(bytes=hashlib.sha256(raw.body).digest()[:16]))
+        event_id, correlation_id = refused_ids(raw, body)
         with contextlib.suppress(Duplicate, InboxConflict):
             await handle(RejectReport(
                 event_id=str(event_id), consumer=f"{consumer}.refused",
-                correlation_id=_uuid(envelope.get("correlation_id")) or uuid.uuid4(),
+                correlation_id=correlation_id,
                 source=source, report=report, reasons=[reason],
                 reply_to=raw.reply_to or None), uow)
 
     return answer
-
-
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value else None
-    except ValueError:
-        return None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import uuid
 from typing import Any
 
 import aio_pika
@@ -27,7 +25,7 @@ from shared.contracts.erp import CustomerUpserted, ProductUpserted
 from shared.contracts.ext import OrderSubmitted, source_of
 from shared.domain import Actor
 from shared.messaging.broker import delivery_policy
-from shared.messaging.delivery import Answered, PermanentError, event_routing_key
+from shared.messaging.delivery import Answered, PermanentError, event_routing_key, refused_ids
 from shared.messaging.topology import Topology, consumer_queue
 from shared.ratelimit import RateLimiter
 from shared.uow import Duplicate, InboxConflict
@@ -124,24 +122,15 @@ def refusal(raw: aio_pika.abc.AbstractIncomingMessage, body: Any, reason: str, *
     data = envelope.get("data")
     external_ref = data.get("external_ref") if isinstance(data, dict) else None
     producer = envelope.get("producer")
-    event_id = (_uuid(envelope.get("event_id")) or _uuid(raw.message_id)
-                or uuid.UUID(bytes=hashlib.sha256(raw.body).digest()[:16]))
+    event_id, correlation_id = refused_ids(raw, body)
     return RejectSubmission(
-        event_id=event_id, consumer=consumer,
-        correlation_id=(_uuid(envelope.get("correlation_id")) or _uuid(raw.correlation_id)
-                        or uuid.uuid4()),
+        event_id=event_id, consumer=consumer, correlation_id=correlation_id,
         actor=system_actor(source), source=source,
         producer=producer if isinstance(producer, str) else source,
         external_ref=external_ref if isinstance(external_ref, str) else None,
         problems=[reason], reply_to=raw.reply_to or None,
     )
 
-
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value else None
-    except ValueError:
-        return None
 
 
 def submission(event: ExternalEnvelope, source: str, *, consumer: str,

@@ -31,6 +31,7 @@ import itertools
 import json
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -458,3 +459,25 @@ async def dead_letter(
         reply_to=raw.reply_to or "",
         user_id=None,
     )
+
+
+def refused_ids(raw: aio_pika.abc.AbstractIncomingMessage, body: Any) -> tuple[uuid.UUID, uuid.UUID]:
+    """(message id, correlation id) to answer a message refused before it could be read.
+
+    Whatever the envelope still says is used: its `event_id`, else the AMQP `message_id`, else
+    the body's digest, so that a redelivery is answered once; its correlation id, else the
+    AMQP one, else a new one.
+    """
+    envelope = body if isinstance(body, dict) else {}
+    event_id = (_as_uuid(envelope.get("event_id")) or _as_uuid(raw.message_id)
+                or uuid.UUID(bytes=hashlib.sha256(raw.body).digest()[:16]))
+    correlation_id = (_as_uuid(envelope.get("correlation_id")) or _as_uuid(raw.correlation_id)
+                      or uuid.uuid4())
+    return event_id, correlation_id
+
+
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None

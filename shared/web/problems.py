@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.web.params import PRINTABLE, PRINTABLE_HINT
 from shared.workflow import (
-    ApprovalRequired,
     Conflict,
     Forbidden,
     GuardFailed,
@@ -38,7 +37,6 @@ _STATUS: list[tuple[type[Refusal], int, str]] = [
     (StaleVersion, 412, "stale-version"),
     (NotAllowedFromState, 409, "not-allowed-from-state"),
     (GuardFailed, 409, "guard-failed"),
-    (ApprovalRequired, 409, "approval-required"),
     (Conflict, 409, "conflict"),
     (UnsupportedFormat, 415, "unsupported-format"),
     (InvalidInput, 422, "invalid-input"),
