@@ -7,6 +7,12 @@
 #                                   -> start the local server (rabbitmq-server / pg_ctlcluster)
 #   3. otherwise                    -> exit 1, naming the URL that was tried and how to give another
 # A server that answers but refuses our login is not restarted: that is a configuration problem.
+#
+# A RabbitMQ that answers logins must also complete a quorum-queue round trip (`spine broker
+# check`): our 3.10 node has been seen accepting logins while every quorum-queue declare hung.
+# A local node that fails it is restarted; if it still fails and SPINE_RESET_WEDGED_BROKER=1
+# (.ci/run sets it: its broker holds nothing but test objects) its data directory is moved
+# aside (kept, never deleted) and it starts empty.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -154,7 +160,76 @@ ensure() {  # $1 = amqp|pg, $2 = url, $3 = env var, $4 = name
   return 1
 }
 
+# Prints nothing and succeeds when the broker completes a quorum-queue round trip in time.
+round_trip() {
+  [[ -x .venv/bin/python ]] || return 0  # no .venv yet: the login check is all we can do
+  SPINE_AMQP_URL="$AMQP_URL" PYTHONPATH="$PWD" .venv/bin/python -m spine_cli broker check \
+    --timeout "${SPINE_BROKER_CHECK_S:-20}" >/dev/null 2>"${1:-/dev/null}"
+}
+
+# The local node's pid (private nodes of the tests keep theirs elsewhere).
+RABBIT_PID_FILE=/var/lib/rabbitmq/mnesia/rabbit@localhost.pid
+rabbit_pid() {
+  local pid
+  pid="$(cat "$RABBIT_PID_FILE" 2>/dev/null || true)"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  return 0
+}
+
+restart_local_rabbitmq() {
+  echo "stopping the local RabbitMQ"
+  timeout 60 rabbitmqctl stop >/dev/null 2>&1 || true
+  local pid
+  pid="$(rabbit_pid)"
+  if [[ -n "$pid" ]]; then
+    echo "it did not stop within 60 s: killing it (pid $pid)"
+    kill -9 "$pid" 2>/dev/null || true
+    sleep 2
+  fi
+  if [[ "${1:-}" == reset ]]; then
+    local base=/var/lib/rabbitmq/mnesia aside
+    aside="/var/lib/rabbitmq/mnesia.wedged-$(date +%Y%m%d-%H%M%S)"
+    [[ -d "$base" ]] && mv "$base" "$aside" && echo "moved its data aside to $aside"
+  fi
+  echo "starting the local RabbitMQ (rabbitmq-server -detached)"
+  rabbitmq-server -detached
+  local deadline=$((SECONDS + WAIT_S))
+  while ((SECONDS < deadline)); do
+    [[ "$(probe amqp "$AMQP_URL")" == ok ]] && return 0
+    sleep 1
+  done
+  return 1
+}
+
+ensure_round_trip() {
+  local why
+  why="$(mktemp)"
+  if round_trip "$why"; then
+    rm -f "$why"
+    echo "RabbitMQ completes a quorum-queue round trip"
+    return 0
+  fi
+  echo "RabbitMQ answers logins but failed a quorum-queue round trip: $(tail -n1 "$why")"
+  rm -f "$why"
+  if ! is_local "$AMQP_URL" || [[ "$(id -u)" != 0 ]] || ! command -v rabbitmq-server >/dev/null \
+      || docker info >/dev/null 2>&1; then
+    echo "error: it is not a local node I may restart; restart it yourself." >&2
+    return 1
+  fi
+  restart_local_rabbitmq && round_trip && { echo "RabbitMQ works again after a restart"; return 0; }
+  if [[ "${SPINE_RESET_WEDGED_BROKER:-0}" == 1 ]]; then
+    restart_local_rabbitmq reset && round_trip \
+      && { echo "RabbitMQ works again on an empty data directory"; return 0; }
+  fi
+  echo "error: RabbitMQ still fails a quorum-queue round trip after a restart." >&2
+  echo "       See /var/log/rabbitmq/; SPINE_RESET_WEDGED_BROKER=1 lets this script start it empty." >&2
+  return 1
+}
+
 rc=0
 ensure amqp "$AMQP_URL" SPINE_AMQP_URL RabbitMQ || rc=1
 ensure pg "$PG_URL" SPINE_PG_URL PostgreSQL || rc=1
+if ((rc == 0)); then
+  ensure_round_trip || rc=1
+fi
 exit $rc

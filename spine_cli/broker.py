@@ -141,3 +141,24 @@ def _ctl(rabbitmqctl: str, *args: str, stdin: str | None = None, missing_ok: boo
                            or "no_such" in text):
             return
         raise CliError(f"rabbitmqctl {args[0]} failed: {text.splitlines()[-1] if text else ran.returncode}")
+
+
+@broker.command("check")
+@click.option("--url", envvar="SPINE_AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/",
+              show_default="SPINE_AMQP_URL or the local broker", help="The broker to check.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 600), default=20.0,
+              show_default=True, help="Seconds the whole round trip may take.")
+def check(url: str, timeout_s: float) -> None:
+    """Exit 0 if the broker declares a quorum queue, confirms a message and hands it back in time.
+
+    A node that accepts logins while its quorum queues are wedged fails this (exit 1, naming the
+    step that hung); a plain port or login check would call it healthy.
+    """
+    import asyncio
+
+    from shared.messaging.health import quorum_round_trip
+
+    problem = asyncio.run(quorum_round_trip(url, timeout_s))
+    if problem is not None:
+        raise CliError(f"the broker failed a quorum-queue round trip: {problem}")
+    click.echo("the broker completed a quorum-queue round trip")

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import pytest
 from shared import registry
 from shared.db.migrate import drop_database, ensure_database
 from shared.db.roles import DatabaseRoles, drop_database_and_roles, new_password, setup_database
+from shared.messaging.health import quorum_round_trip
 from shared.messaging.topology import delete_broker_objects
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432"
@@ -279,9 +281,74 @@ class StuckSessionWatch(threading.Thread):
             await conn.close()
 
 
+# --------------------------------------------------------------------------------------------
+# The run's own watchdogs: a dead broker and a run past its deadline end it with a summary
+# --------------------------------------------------------------------------------------------
+
+# A run that can no longer pass should say why while there is time to print it: CI kills a run at
+# 90 minutes with no summary at all (seen: a wedged broker made every stack time out, one by one).
+RUN_STARTED = time.monotonic()
+STOPPED_BY_WATCHDOG = pytest.StashKey[str]()
+RABBIT_LOG = Path("/var/log/rabbitmq/rabbit@localhost.log")
+
+
+def _deadline_s() -> float | None:
+    """SPINE_TEST_DEADLINE_S: seconds after which no further test starts (unset: no deadline)."""
+    raw = os.environ.get("SPINE_TEST_DEADLINE_S", "").strip()
+    return float(raw) if raw else None
+
+
+def _stop_run(session: pytest.Session, why: str, detail: str = "") -> None:
+    session.config.stash[STOPPED_BY_WATCHDOG] = f"{why}\n{detail}".rstrip()
+    session.shouldstop = why
+
+
+def _broker_problem() -> str | None:
+    """Run the quorum-queue round trip in a thread of its own (a test's loop may be running)."""
+    _, amqp_url = configured_urls()
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: result.append(asyncio.run(quorum_round_trip(amqp_url))))
+    worker.start()
+    worker.join(timeout=40)
+    return result[0] if result else "the round trip did not end within 40 s"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """After a failing integration or e2e test, stop the run if the broker no longer works."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or not ({"integration", "e2e"} & set(item.keywords)):
+        return
+    if item.session.config.stash.get(STOPPED_BY_WATCHDOG, None) is not None:
+        return
+    if (problem := _broker_problem()) is not None:
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = "\n".join(RABBIT_LOG.read_text(errors="replace").splitlines()[-15:])
+        _stop_run(item.session, f"RabbitMQ stopped completing a quorum-queue round trip after "
+                                f"{item.nodeid} failed ({problem}); every later test would fail "
+                                "the same way", f"Last lines of {RABBIT_LOG}:\n{tail}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Past SPINE_TEST_DEADLINE_S, start no further test (the run ends failed, with its summary)."""
+    deadline = _deadline_s()
+    if deadline is None or nextitem is None or item.session.shouldstop:
+        return
+    if (elapsed := time.monotonic() - RUN_STARTED) > deadline:
+        _stop_run(item.session, f"the run passed its deadline (SPINE_TEST_DEADLINE_S={deadline:.0f})"
+                                f" after {elapsed:.0f} s, at {item.nodeid}; the tests after it did "
+                                "not run")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run when any Spine session was seen stuck inside a transaction."""
+    """Fail the run when any Spine session was seen stuck inside a transaction, or a watchdog stopped it."""
+    if (why := session.config.stash.get(STOPPED_BY_WATCHDOG, None)) is not None:
+        sys.stderr.write(f"\nFAILED watchdog: {why}\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     watches = session.config.stash.get(STUCK_SESSION_WATCHES, [])
     stuck = [line for watch in watches for line in watch.seen.values()]
     if stuck:

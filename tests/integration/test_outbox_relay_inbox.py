@@ -111,6 +111,11 @@ async def new_broker(
         return broker
 
     yield build
+    # Every purpose's queue and dead-letter queue, subscribed or not: tests declare DLQs of
+    # purposes no subscriber of theirs consumes (seen left on the broker after a run).
+    for purpose in QUEUES:
+        name = rabbit_janitor.queue(topology.queue_name(SERVICE, purpose))
+        rabbit_janitor.queue(topology.dead_letter_queue(name).name)
     for broker in made:
         rabbit_janitor.subscribers_of(broker, topology)
         await broker.stop()
