@@ -36,6 +36,7 @@ from tests.chaos.schedule import FaultPlan, Supervisor
 from tests.chaos.servers import PrivatePostgres, PrivateRabbit, RestartableStack
 
 DRAIN_TIMEOUT_S = 240.0
+CONSUMER_RECOVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,11 @@ async def chaos_run(config: RunConfig, progress: Callable[[str], None] = say) ->
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         report = await check(history, stack)
-        # Consumers really came back: the broker's own count, not what a service logged.
-        consumers = await asyncio.to_thread(rabbit.queue_consumers)
+        # Consumers really came back: the broker's own count, not what a service logged. An idle
+        # queue's consumer may still be in aio-pika's recovery loop (it retries every few
+        # seconds), so each gets CONSUMER_RECOVERY_S to appear; one still missing then is lost.
+        consumers, waited = await _consumers_back(rabbit, known_queues(stack.namespace))
+        report.figures["consumer recovery wait (s)"] = round(waited, 1)
         for queue in known_queues(stack.namespace):  # the consumed ones, not the DLQs
             if not consumers.get(queue):
                 report.add("queues without consumers", f"{queue}: {consumers.get(queue, 'absent')}")
@@ -156,6 +160,17 @@ async def _replicas_fed(stack: IsolatedStack, timeout: float = 60.0) -> None:
             return
         await asyncio.sleep(0.5)
     raise StackError("the order service's replicas were never fed")
+
+
+async def _consumers_back(rabbit: PrivateRabbit, queues: list[str]) -> tuple[dict[str, int], float]:
+    """The broker's consumer counts once every queue has one, or after CONSUMER_RECOVERY_S."""
+    started = time.monotonic()
+    while True:
+        consumers = await asyncio.to_thread(rabbit.queue_consumers)
+        waited = time.monotonic() - started
+        if all(consumers.get(q) for q in queues) or waited > CONSUMER_RECOVERY_S:
+            return consumers, waited
+        await asyncio.sleep(1.0)
 
 
 async def _drain(stack: IsolatedStack, progress: Callable[[str], None]) -> bool:
