@@ -48,7 +48,7 @@ Events wait in the outbox until the erp_adapter service runs and publishes them.
 
 @click.group("erp", cls=OrderedGroup)
 def erp() -> None:
-    """Import ERP reference data (customers, products)."""
+    """The ERP boundary: reference-data import, field ownership, confirmations, reconciliation."""
 
 
 @erp.command("import", epilog=EPILOG)
@@ -179,3 +179,31 @@ def _user() -> str:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name in some containers
         return "unknown"
+
+
+@erp.command("ownership")
+@click.option("--markdown", "as_markdown", is_flag=True,
+              help="Print the table the README embeds (a unit test keeps the two equal).")
+@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False),
+              help="A registry file to check (default: SPINE_OWNERSHIP_FILE or the bundled one).")
+def ownership(as_markdown: bool, path: Path | None) -> None:
+    """Check and print the field-ownership registry: entity × field → owning system.
+
+    Exits 2, naming every bad entry, when the registry would stop the erp_adapter's start.
+    """
+    from services.erp_adapter.config import load_ownership
+    from services.erp_adapter.ownership import OwnershipError
+    from spine_cli.settings import ErpImportSettings, load_settings
+
+    try:
+        found = load_ownership(path or load_settings(ErpImportSettings).ownership_file)
+    except OwnershipError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        exit_with(EXIT_UNUSABLE_INPUT)
+    if as_markdown:
+        click.echo(found.as_markdown(), nl=False)
+        return
+    import json
+
+    click.echo(json.dumps(found.as_dict(), indent=2))

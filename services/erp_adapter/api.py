@@ -7,16 +7,17 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.erp_adapter import views
 from services.erp_adapter.config import Settings
 from services.erp_adapter.domain import Format, Kind
 from services.erp_adapter.handlers import ImportExport, ImportOutcome, handle
+from services.erp_adapter.ownership import OwnershipRegistry
 from services.erp_adapter.unit_of_work import ErpUnitOfWork
 from shared.auth import Principal, require_roles
 from shared.web import params
-from shared.web.deps import EngineDep, unit_of_work
+from shared.web.deps import EngineDep, ReaderDep, unit_of_work
 from shared.web.problems import responses
 
 router = APIRouter(tags=["erp"])
@@ -171,3 +172,31 @@ async def get_integration_log(
 ) -> list[dict[str, Any]]:
     return await views.list_log(engine, kind=kind, outcome=outcome, correlation_id=correlation_id,
                                 before_id=before_id, limit=limit)
+
+
+class FieldOwnerOut(BaseModel):
+    entity: str
+    field: str = Field(description="`lines[].<field>` for a field of each line")
+    owner: str = Field(description="`erp`, or the Spine service that is the only writer")
+    why: str
+
+
+class OwnershipOut(BaseModel):
+    version: int
+    fields: list[FieldOwnerOut]
+
+
+def ownership(request: Request) -> OwnershipRegistry:
+    """The registry the service started with (checked at start)."""
+    found: OwnershipRegistry = request.app.state.ownership
+    return found
+
+
+OwnershipDep = Annotated[OwnershipRegistry, Depends(ownership)]
+
+
+@router.get("/ownership", response_model=OwnershipOut,
+            summary="The field-ownership registry: entity × field → owning system",
+            responses=responses(401, 403))
+async def get_ownership(registry: OwnershipDep, _: ReaderDep) -> dict[str, Any]:
+    return registry.as_dict()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.web import dead_letters
-from shared.web.permissions import Permissions
+from shared.web.permissions import EVERY_ROLE, Permissions
 
 # Only the integration role feeds master data in; ops may also read what crossed the boundary.
 IMPORTERS = frozenset({"integration"})
@@ -14,5 +14,7 @@ PERMISSIONS = Permissions("erp_adapter", {
     ("GET", "/imports"): BOUNDARY_READERS,
     ("GET", "/imports/{run_id}"): BOUNDARY_READERS,
     ("GET", "/integration-log"): BOUNDARY_READERS,
+    # Who owns which field is a fact every role works by, not a secret.
+    ("GET", "/ownership"): EVERY_ROLE,
     **dead_letters.PERMISSIONS,
 })

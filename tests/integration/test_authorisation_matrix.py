@@ -336,6 +336,7 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("erp_adapter", "GET", "/imports"): _fixed("GET", "/imports"),
     ("erp_adapter", "GET", "/imports/{run_id}"): _fixed("GET", f"/imports/{_some_id()}"),
     ("erp_adapter", "GET", "/integration-log"): _fixed("GET", "/integration-log"),
+    ("erp_adapter", "GET", "/ownership"): _fixed("GET", "/ownership"),
 }
 
 CELLS = [(service, method, path, role, allowed)
