@@ -25,7 +25,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     uow = sql_unit_of_work(runtime.engine)
     # The upload's multipart framing and form fields come on top of the file itself.
     upload_limit = config.import_max_bytes + api.UPLOAD_OVERHEAD_BYTES
-    app = runtime.app(routers=[api.router, dead_letters_router(NAME)], uow=uow,
+    app = runtime.app(routers=[api.router, api.records_router, api.conflicts_router,
+                               dead_letters_router(NAME)], uow=uow,
                       permissions=permissions.PERMISSIONS, published=publishers.PUBLISHED,
                       body_limits={"/imports": upload_limit})
     app.state.ownership = ownership

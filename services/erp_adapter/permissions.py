@@ -16,5 +16,10 @@ PERMISSIONS = Permissions("erp_adapter", {
     ("GET", "/integration-log"): BOUNDARY_READERS,
     # Who owns which field is a fact every role works by, not a secret.
     ("GET", "/ownership"): EVERY_ROLE,
+    # The ERP's own principal sends records in the integration role; a person may too.
+    ("POST", "/erp/records"): IMPORTERS,
+    ("GET", "/conflicts"): BOUNDARY_READERS,
+    ("GET", "/conflicts/{conflict_id}"): BOUNDARY_READERS,
+    ("POST", "/conflicts/{conflict_id}/resolve"): IMPORTERS,
     **dead_letters.PERMISSIONS,
 })
