@@ -391,3 +391,25 @@ class OwnershipOut(BaseModel):
             responses=responses(401, 403))
 async def get_ownership(registry: OwnershipDep, _: ReaderDep) -> dict[str, Any]:
     return registry.as_dict()
+
+
+class TimelineOut(BaseModel):
+    order_id: str
+    service: Literal["erp_adapter"]
+    entries: list[LogEntryOut] = Field(description="integration-log rows of the order, oldest "
+                                                   "first")
+
+
+@router.get("/timeline", response_model=TimelineOut,
+            summary="The erp_adapter's part of one order's timeline: what crossed the ERP "
+                    "boundary about it", responses=responses(401, 403, 422))
+async def get_timeline(
+    engine: EngineDep,
+    _: IntegrationReaderDep,
+    order_id: Annotated[str, params.text("the order's id", max_length=200)],
+    limit: Annotated[int, params.limit(1000)] = 500,
+    offset: params.Offset = 0,
+) -> dict[str, Any]:
+    entries = await views.list_log(engine, limit=limit, offset=offset, oldest_first=True,
+                                   order_id=order_id)
+    return {"order_id": order_id, "service": "erp_adapter", "entries": entries}

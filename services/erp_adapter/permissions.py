@@ -21,5 +21,6 @@ PERMISSIONS = Permissions("erp_adapter", {
     ("GET", "/conflicts"): BOUNDARY_READERS,
     ("GET", "/conflicts/{conflict_id}"): BOUNDARY_READERS,
     ("POST", "/conflicts/{conflict_id}/resolve"): IMPORTERS,
+    ("GET", "/timeline"): BOUNDARY_READERS,
     **dead_letters.PERMISSIONS,
 })

@@ -341,6 +341,7 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
         "POST", "/erp/records", json={"entity": "order", "id": "o-1",
                                       "fields": {"status": "invoiced"}}),
     ("erp_adapter", "GET", "/conflicts"): _fixed("GET", "/conflicts"),
+    ("erp_adapter", "GET", "/timeline"): _fixed("GET", "/timeline", params={"order_id": "o-1"}),
     ("erp_adapter", "GET", "/conflicts/{conflict_id}"): _fixed("GET", f"/conflicts/{_some_id()}"),
     ("erp_adapter", "POST", "/conflicts/{conflict_id}/resolve"): _fixed(
         "POST", f"/conflicts/{_some_id()}/resolve",

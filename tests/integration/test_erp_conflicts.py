@@ -85,6 +85,11 @@ async def test_a_record_about_spine_owned_fields_changes_nothing_and_is_one_conf
             "SELECT action FROM audit_log ORDER BY id")]
         assert actions == ["erp.conflict.detected"] * 2 + ["erp.conflict.repeated"] * 2
 
+        # The order's timeline at the adapter: both exchanges, oldest first.
+        timeline = (await client.get("/timeline", headers=erp.token("ops"),
+                                     params={"order_id": "o-77"})).json()
+        assert [e["id"] for e in timeline["entries"]] == [e["id"] for e in reversed(log)]
+
 
 async def test_a_conflict_is_resolved_once_and_a_claimed_correction_that_did_not_happen_reopens_it(
     erp: Erp,
