@@ -25,6 +25,7 @@ from spine_cli.params import POSITIVE_INT
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from services.erp_adapter.ownership import OwnershipRegistry
     from services.erp_adapter.unit_of_work import ErpUnitOfWork
     from shared.contracts.envelope import Actor
 
@@ -48,7 +49,7 @@ Events wait in the outbox until the erp_adapter service runs and publishes them.
 
 @click.group("erp", cls=OrderedGroup)
 def erp() -> None:
-    """Import ERP reference data (customers, products)."""
+    """The ERP boundary: reference-data import, field ownership, confirmations, reconciliation."""
 
 
 @erp.command("import", epilog=EPILOG)
@@ -69,7 +70,8 @@ def import_(files: tuple[Path, ...], kind: str | None, dry_run: bool, batch_size
 
 async def _import_files(files: tuple[Path, ...], kind: Kind | None, dry_run: bool,
                         batch_size: int | None) -> int:
-    from services.erp_adapter.config import NAME
+    from services.erp_adapter.config import NAME, load_ownership
+    from services.erp_adapter.ownership import OwnershipError
     from services.erp_adapter.unit_of_work import sql_unit_of_work
     from shared.contracts.envelope import Actor
     from shared.db.engine import make_engine
@@ -83,11 +85,16 @@ async def _import_files(files: tuple[Path, ...], kind: Kind | None, dry_run: boo
         if problem:
             raise CliError(problem, code=EXIT_NO_DATABASE)
         uow = sql_unit_of_work(engine)
+        try:
+            ownership = load_ownership(settings.ownership_file)
+        except OwnershipError as exc:
+            raise CliError(f"the ownership registry is not usable: {exc.detail}",
+                           code=EXIT_UNUSABLE_INPUT) from exc
         actor = Actor(id=f"cli:{_user()}", role="integration")
         status = EXIT_OK
         for path in files:
             code = await _import_file(path, uow, actor=actor, kind=kind, dry_run=dry_run,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, ownership=ownership)
             status = max(status, code)
         if not dry_run:
             waiting = await _unsent_events(engine)
@@ -101,7 +108,7 @@ async def _import_files(files: tuple[Path, ...], kind: Kind | None, dry_run: boo
 
 async def _import_file(
     path: Path, uow: ErpUnitOfWork, *, actor: Actor, kind: Kind | None, dry_run: bool,
-    batch_size: int,
+    batch_size: int, ownership: OwnershipRegistry,
 ) -> int:
     from services.erp_adapter import handlers
     from services.erp_adapter.domain import ExportFileError
@@ -118,6 +125,7 @@ async def _import_file(
             uow,
             batch_size=batch_size,
             progress=_progress_printer(path.name, batch_size, sys.stderr),
+            ownership=ownership,
         )
     except ExportFileError as exc:
         click.echo(f"{path.name}: not imported: {exc}", err=True)
@@ -179,3 +187,31 @@ def _user() -> str:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name in some containers
         return "unknown"
+
+
+@erp.command("ownership")
+@click.option("--markdown", "as_markdown", is_flag=True,
+              help="Print the table the README embeds (a unit test keeps the two equal).")
+@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False),
+              help="A registry file to check (default: SPINE_OWNERSHIP_FILE or the bundled one).")
+def ownership(as_markdown: bool, path: Path | None) -> None:
+    """Check and print the field-ownership registry: entity × field → owning system.
+
+    Exits 2, naming every bad entry, when the registry would stop the erp_adapter's start.
+    """
+    from services.erp_adapter.config import load_ownership
+    from services.erp_adapter.ownership import OwnershipError
+    from spine_cli.settings import ErpImportSettings, load_settings
+
+    try:
+        found = load_ownership(path or load_settings(ErpImportSettings).ownership_file)
+    except OwnershipError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        exit_with(EXIT_UNUSABLE_INPUT)
+    if as_markdown:
+        click.echo(found.as_markdown(), nl=False)
+        return
+    import json
+
+    click.echo(json.dumps(found.as_dict(), indent=2))

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.erp_adapter import views
 from services.erp_adapter.config import Settings
-from services.erp_adapter.domain import Format, Kind
-from services.erp_adapter.handlers import ImportExport, ImportOutcome, handle
+from services.erp_adapter.conflicts import ConflictStatus, Resolution
+from services.erp_adapter.domain import MAX_JSON_DEPTH, Format, Kind
+from services.erp_adapter.handlers import (
+    ImportExport,
+    ImportOutcome,
+    ReceiveRecord,
+    RecordOutcome,
+    ResolveConflict,
+    handle,
+)
+from services.erp_adapter.ownership import OwnershipRegistry
 from services.erp_adapter.unit_of_work import ErpUnitOfWork
 from shared.auth import Principal, require_roles
 from shared.web import params
-from shared.web.deps import EngineDep, unit_of_work
+from shared.web.deps import EngineDep, ReaderDep, unit_of_work
 from shared.web.problems import responses
 
 router = APIRouter(tags=["erp"])
+records_router = APIRouter(prefix="/erp", tags=["erp records"])
+conflicts_router = APIRouter(prefix="/conflicts", tags=["conflicts"])
 UowDep = Annotated[ErpUnitOfWork, Depends(unit_of_work)]
 # Only the integration role feeds master data in; ops may also read what crossed the boundary.
 ImporterDep = Annotated[Principal, Depends(require_roles("integration"))]
@@ -33,6 +46,15 @@ def settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(settings)]
+
+
+def ownership(request: Request) -> OwnershipRegistry:
+    """The registry the service started with (checked at start)."""
+    found: OwnershipRegistry = request.app.state.ownership
+    return found
+
+
+OwnershipDep = Annotated[OwnershipRegistry, Depends(ownership)]
 # Room for the multipart boundaries, part headers and the small form fields beside the file.
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
@@ -82,12 +104,20 @@ class ImportRunDetail(ImportRunOut):
 class LogEntryOut(BaseModel):
     id: int
     occurred_at: datetime
-    direction: str
-    kind: str
-    record_key: str | None
-    outcome: str
+    direction: str = Field(description="in: from the ERP; out: to the ERP")
+    kind: str = Field(description="the entity (customer, dispatch, confirmation, …) or import")
+    record_key: str | None = Field(description="the entity's id (filter: entity_id)")
+    outcome: str = Field(description="the exchange's status (filter: status)")
     detail: str
     correlation_id: uuid.UUID | None
+    connector: str | None = Field(description="file-import, http-records (in); file, http (out)")
+    order_id: str | None
+    payload: Any = Field(description="what crossed; null when only its digest is kept")
+    payload_sha256: str | None
+    request: dict[str, Any] | None
+    response: dict[str, Any] | None
+    attempts: int
+    last_error: str | None
 
 
 @router.post(
@@ -99,6 +129,7 @@ class LogEntryOut(BaseModel):
 async def post_import(
     uow: UowDep,
     config: SettingsDep,
+    registry: OwnershipDep,
     principal: ImporterDep,
     file: Annotated[UploadFile, File(description="the export: CSV with a header, or JSON")],
     kind: Annotated[Kind | None, Form(description="customers or products; else detected")] = None,
@@ -118,6 +149,7 @@ async def post_import(
         ),
         uow,
         batch_size=config.import_batch_size,
+        ownership=registry,
     )
     report = outcome.report
     return {
@@ -159,15 +191,225 @@ async def get_import(run_id: uuid.UUID, engine: EngineDep, _: IntegrationReaderD
 
 
 @router.get("/integration-log", response_model=list[LogEntryOut],
-            summary="What crossed the ERP boundary, newest first", responses=responses(401, 403, 422))
+            summary="Every exchange with the ERP, in either direction, newest first",
+            responses=responses(401, 403, 422))
 async def get_integration_log(
     engine: EngineDep,
     _: IntegrationReaderDep,
-    kind: Annotated[str | None, params.text("import, customer, product, …")] = None,
-    outcome: Annotated[str | None, params.text("created, updated, rejected, …")] = None,
+    direction: Literal["in", "out"] | None = None,
+    entity_id: Annotated[str | None, params.text("the id of the record it was about")] = None,
+    status: Annotated[str | None, params.text("created, conflict, posted, failed, …")] = None,
     correlation_id: uuid.UUID | None = None,
+    connector: Annotated[str | None, params.text("file-import, http-records, file, http")] = None,
+    order_id: Annotated[str | None, params.text()] = None,
+    kind: Annotated[str | None, params.text("import, customer, product, dispatch, …")] = None,
+    outcome: Annotated[str | None, params.text("the same as status (its older name)")] = None,
     before_id: Annotated[int | None, params.integer("page: entries older than this")] = None,
     limit: Annotated[int, params.limit(1000)] = 100,
+    offset: params.Offset = 0,
 ) -> list[dict[str, Any]]:
-    return await views.list_log(engine, kind=kind, outcome=outcome, correlation_id=correlation_id,
-                                before_id=before_id, limit=limit)
+    if status is not None and outcome is not None and status != outcome:
+        return []  # two different statuses at once: nothing has both
+    return await views.list_log(
+        engine, limit=limit, offset=offset, before_id=before_id, direction=direction,
+        record_key=entity_id, outcome=status or outcome, correlation_id=correlation_id,
+        connector=connector, order_id=order_id, kind=kind)
+
+
+# ---------------------------------------------------------------------------- records, conflicts
+
+
+def _plain_json(value: Any) -> Any:
+    """Refuse what PostgreSQL's jsonb cannot keep (NUL, NaN) or nests past any flat record."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError("values must be plain JSON (no NaN or Infinity)") from exc
+    if "\\u0000" in text:
+        raise ValueError(params.PRINTABLE_HINT)
+    if _nesting(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"values nest at most {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _nesting(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH and isinstance(item, dict | list):
+            stack += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+FieldName = Annotated[str, Field(min_length=1, max_length=100, pattern=params.PRINTABLE)]
+
+
+class ErpRecordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entity: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$",
+                        description="customer, product, order, dispatch (GET /ownership)")
+    id: str = Field(min_length=1, max_length=200, pattern=params.PRINTABLE,
+                    description="the record's id: customer_id, product_id, order_id, dispatch_id")
+    fields: dict[FieldName, Any] = Field(
+        min_length=1, max_length=200,
+        description="field → value; a line's field as lines[<line_no>].<field>")
+
+    @field_validator("fields")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return dict(_plain_json(value))
+
+
+class ConflictNoteOut(BaseModel):
+    field: str
+    outcome: Literal["detected", "repeated", "reopened", "agrees"]
+    conflict_id: uuid.UUID | None = Field(description="null when the ERP agrees with Spine")
+    spine_owner: str
+
+
+class RecordOutcomeOut(BaseModel):
+    entity: str
+    id: str
+    applied: Literal["created", "updated", "unchanged", "none"] = Field(
+        description="what became of the fields the ERP owns (none: it sent none)")
+    conflicts: list[ConflictNoteOut] = Field(
+        description="each field Spine owns that the record carried: never applied")
+    correlation_id: uuid.UUID
+
+
+@records_router.post(
+    "/records", response_model=RecordOutcomeOut,
+    summary="The ERP sends one record: its own fields applied, Spine's fields become conflicts",
+    responses=responses(400, 401, 403, 413, 422))
+async def post_record(body: ErpRecordIn, uow: UowDep, registry: OwnershipDep,
+                      principal: ImporterDep) -> dict[str, Any]:
+    """A field the registry does not name refuses the whole record (422, logged)."""
+    outcome: RecordOutcome = await handle(ReceiveRecord(
+        entity=body.entity, entity_id=body.id, fields=body.fields,
+        actor=principal.acting_as(["integration"])), uow, ownership=registry)
+    return {"entity": outcome.entity, "id": outcome.entity_id, "applied": outcome.applied,
+            "conflicts": [asdict(n) for n in outcome.conflicts],
+            "correlation_id": outcome.correlation_id}
+
+
+class ConflictOut(BaseModel):
+    id: uuid.UUID
+    entity: str
+    entity_id: str
+    field: str
+    erp_value: Any = Field(description="what the ERP sent")
+    spine_value: Any = Field(description="Spine's value when spine_value_known; else null")
+    spine_value_known: bool = Field(
+        description="false: the adapter keeps no copy of it (order fields, a dispatch it has "
+                    "not heard of): spine_owner has the value")
+    spine_owner: str
+    erp_record: dict[str, Any] = Field(description="the whole record the value came in")
+    connector: str
+    order_id: str | None
+    status: ConflictStatus
+    resolution: Resolution | None
+    reason: str | None
+    resolved_by: str | None
+    occurrences: int = Field(description="how often the ERP sent this value")
+    version: int
+    correlation_id: uuid.UUID
+    detected_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+
+
+class ResolveConflictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resolution: Resolution = Field(description="keep_spine: Spine's value stands; "
+                                               "erp_corrected: the ERP fixed its side")
+    reason: str = Field(min_length=1, max_length=2000, pattern=params.PRINTABLE_MULTILINE)
+
+
+@conflicts_router.get("", response_model=list[ConflictOut],
+                      summary="ERP values for fields Spine owns, never applied; newest first",
+                      responses=responses(401, 403, 422))
+async def get_conflicts(
+    engine: EngineDep,
+    _: IntegrationReaderDep,
+    status: ConflictStatus | None = None,
+    entity: Annotated[str | None, params.text()] = None,
+    entity_id: Annotated[str | None, params.text()] = None,
+    field: Annotated[str | None, params.text()] = None,
+    spine_owner: Annotated[str | None, params.text()] = None,
+    order_id: Annotated[str | None, params.text()] = None,
+    limit: Annotated[int, params.limit(500)] = 50,
+    offset: params.Offset = 0,
+) -> list[dict[str, Any]]:
+    return await views.list_conflicts(
+        engine, limit=limit, offset=offset, status=status.value if status else None,
+        entity=entity, entity_id=entity_id, field=field, spine_owner=spine_owner,
+        order_id=order_id)
+
+
+@conflicts_router.get("/{conflict_id}", response_model=ConflictOut, summary="One conflict",
+                      responses=responses(401, 403, 404, 422))
+async def get_conflict(conflict_id: uuid.UUID, engine: EngineDep,
+                       _: IntegrationReaderDep) -> dict[str, Any]:
+    found = await views.fetch_conflict(engine, conflict_id)
+    if found is None:
+        raise HTTPException(404, f"no conflict {conflict_id}")
+    return found
+
+
+@conflicts_router.post("/{conflict_id}/resolve", response_model=ConflictOut,
+                       summary="Decide a conflict: keep_spine or erp_corrected, with a reason",
+                       responses=responses(400, 401, 403, 404, 409, 413, 422))
+async def post_resolve_conflict(conflict_id: uuid.UUID, body: ResolveConflictIn, uow: UowDep,
+                                engine: EngineDep, principal: ImporterDep) -> dict[str, Any]:
+    await handle(ResolveConflict(conflict_id=conflict_id, resolution=body.resolution,
+                                 reason=body.reason,
+                                 actor=principal.acting_as(["integration"])), uow)
+    found = await views.fetch_conflict(engine, conflict_id)
+    assert found is not None  # nosec B101 # just resolved, and nothing deletes conflicts
+    return found
+
+
+class FieldOwnerOut(BaseModel):
+    entity: str
+    field: str = Field(description="`lines[].<field>` for a field of each line")
+    owner: str = Field(description="`erp`, or the Spine service that is the only writer")
+    why: str
+
+
+class OwnershipOut(BaseModel):
+    version: int
+    fields: list[FieldOwnerOut]
+
+
+
+
+@router.get("/ownership", response_model=OwnershipOut,
+            summary="The field-ownership registry: entity × field → owning system",
+            responses=responses(401, 403))
+async def get_ownership(registry: OwnershipDep, _: ReaderDep) -> dict[str, Any]:
+    return registry.as_dict()
+
+
+class TimelineOut(BaseModel):
+    order_id: str
+    service: Literal["erp_adapter"]
+    entries: list[LogEntryOut] = Field(description="integration-log rows of the order, oldest "
+                                                   "first")
+
+
+@router.get("/timeline", response_model=TimelineOut,
+            summary="The erp_adapter's part of one order's timeline: what crossed the ERP "
+                    "boundary about it", responses=responses(401, 403, 422))
+async def get_timeline(
+    engine: EngineDep,
+    _: IntegrationReaderDep,
+    order_id: Annotated[str, params.text("the order's id", max_length=200)],
+    limit: Annotated[int, params.limit(1000)] = 500,
+    offset: params.Offset = 0,
+) -> dict[str, Any]:
+    entries = await views.list_log(engine, limit=limit, offset=offset, oldest_first=True,
+                                   order_id=order_id)
+    return {"order_id": order_id, "service": "erp_adapter", "entries": entries}

@@ -1,13 +1,20 @@
 """Settings of the erp_adapter service (the import command reads them too)."""
 
+from __future__ import annotations
+
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
+from services.erp_adapter.domain import SCHEMAS
+from services.erp_adapter.ownership import OwnershipError, OwnershipRegistry, parse_registry
+from shared import registry
 from shared.config import ServiceSettings
 
 # The process, its broker app_id and the `producer` of its `erp.*` events.
 NAME = "erp_adapter"
+DEFAULT_OWNERSHIP = Path(__file__).with_name("ownership.json")
 
 
 class Settings(ServiceSettings):
@@ -20,4 +27,21 @@ class Settings(ServiceSettings):
     import_max_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1, description="largest export file an upload may send"
     )
+    ownership_file: Path = Field(
+        default=DEFAULT_OWNERSHIP,
+        description="the field-ownership registry (SPINE_OWNERSHIP_FILE); checked at start, "
+        "and a bad one stops the service naming the entry",
+    )
 
+
+def load_ownership(path: Path = DEFAULT_OWNERSHIP) -> OwnershipRegistry:
+    """Read and check the registry; `OwnershipError` says what is wrong with which entry."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OwnershipError([f"cannot read the ownership registry {path}: {exc}"]) from exc
+    found = parse_registry(text, source=path.name, services=registry.NAMES)
+    # What the import writes as the ERP's must be the ERP's in the registry too.
+    for schema in SCHEMAS.values():
+        found.check_erp_owns(schema.entity, schema.columns)
+    return found

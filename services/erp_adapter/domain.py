@@ -334,6 +334,9 @@ class RowRejection:
 class Validated:
     records: list[Record]
     rejections: list[RowRejection]
+    # Record key → the row's other non-blank columns: checked against the ownership registry
+    # (a value for a field Spine owns becomes a conflict; an unknown column is ignored).
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def validate(export: ExportFile) -> Validated:
@@ -341,6 +344,7 @@ def validate(export: ExportFile) -> Validated:
     schema = SCHEMAS[export.kind]
     records: list[Record] = []
     rejections: list[RowRejection] = []
+    extras: dict[str, dict[str, Any]] = {}
     first_seen: dict[str, int] = {}
     for raw in export.rows:
         record, key, problems = _check_row(schema, raw.values)
@@ -354,7 +358,28 @@ def validate(export: ExportFile) -> Validated:
             rejections.append(RowRejection(raw.row, tuple(problems), key))
         else:
             records.append(record)
-    return Validated(records, rejections)
+            other = _other_columns(schema, raw.values)
+            if other:
+                extras[record.key] = other
+    return Validated(records, rejections, extras)
+
+
+def _other_columns(schema: Schema, values: Mapping[Any, Any]) -> dict[str, Any]:
+    """The row's columns the import does not apply, where they hold a value."""
+    return {k: v for k, v in values.items()
+            if isinstance(k, str) and k not in schema.columns
+            and v is not None and not (isinstance(v, str) and not v.strip())}
+
+
+KIND_OF_ENTITY: dict[str, Kind] = {schema.entity: kind for kind, schema in SCHEMAS.items()}
+
+
+def build_record(kind: Kind, key: str, fields: Mapping[str, Any]) -> tuple[Record | None, list[str]]:
+    """One record from the fields of an ERP message, checked as an export row would be."""
+    schema = SCHEMAS[kind]
+    values = {**fields, schema.key: key}
+    record, _, problems = _check_row(schema, values)
+    return (None if problems else record), problems
 
 
 def _check_row(
@@ -534,14 +559,16 @@ class RecordUpserted(DomainEvent):
     version: int
     created: bool
     changes: dict[str, list[Any]]
-    import_run_id: uuid.UUID
+    import_run_id: uuid.UUID | None  # None: a single record sent over HTTP
 
     def audit(self) -> AuditFact:
+        via = {"import_run_id": str(self.import_run_id)} if self.import_run_id else \
+            {"received_over": "POST /erp/records"}
         return AuditFact(
             action=f"erp.{self.entity}.{'created' if self.created else 'updated'}",
-            entity_type=self.entity, entity_id=self.record.key, reason="ERP import",
-            details={"version": self.version, "import_run_id": str(self.import_run_id),
-                     "changes": self.changes},
+            entity_type=self.entity, entity_id=self.record.key,
+            reason="ERP import" if self.import_run_id else "ERP record",
+            details={"version": self.version, **via, "changes": self.changes},
         )
 
 
@@ -595,15 +622,36 @@ class ImportRun(Aggregate):
         ))
 
 
+@dataclass
+class RecordReceipt(Aggregate):
+    """One master record the ERP sent on its own (`POST /erp/records`), stored if it changed."""
+
+    id: uuid.UUID
+
+    def apply(self, kind: Kind, plan: ChangePlan) -> None:
+        for upsert in plan.upserts:
+            self.record(RecordUpserted(
+                entity=SCHEMAS[kind].entity, record=upsert.record, version=upsert.version,
+                created=upsert.is_new, changes=upsert.changes(), import_run_id=None,
+            ))
+
+
 # ---------------------------------------------------------------------------- the integration log
 
 
 @dataclass(frozen=True)
 class LogEntry:
-    """One line of the integration log."""
+    """One line of the integration log: one exchange with the ERP, in either direction."""
 
-    kind: str
-    outcome: str
-    record_key: str | None = None
+    kind: str  # the entity (customer, product, order, dispatch, confirmation) or `import`
+    outcome: str  # the exchange's status: created, conflict, posted, failed, shadowed, …
+    record_key: str | None = None  # the entity's id
     detail: str = ""
     direction: str = "in"
+    connector: str | None = None  # file-import, http-records; file, http
+    order_id: str | None = None
+    payload: Any = None  # what crossed (kept whole up to a size, else only its digest)
+    request: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+    attempts: int = 1
+    last_error: str | None = None

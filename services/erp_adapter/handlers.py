@@ -7,12 +7,15 @@ stored, and the unit of work writes those events' audit rows and `erp.*` outbox 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.erp_adapter.conflicts import Conflict, ConflictStatus, Resolution, agrees
 from services.erp_adapter.domain import (
+    KIND_OF_ENTITY,
     SCHEMAS,
     ExportFile,
     ExportFileError,
@@ -21,15 +24,23 @@ from services.erp_adapter.domain import (
     Kind,
     LogEntry,
     Record,
+    RecordReceipt,
     UnsupportedFormat,
     Upsert,
     Validated,
+    build_record,
     plan_changes,
     read_export,
     validate,
 )
-from services.erp_adapter.unit_of_work import ErpUnitOfWork
+from services.erp_adapter.ownership import FieldValue, OwnershipRegistry, check_record
+from services.erp_adapter.unit_of_work import ErpTransaction, ErpUnitOfWork
+from shared import workflow
 from shared.contracts.envelope import Actor
+
+# How a record crossed into Spine, as the integration log and the conflicts name it.
+FILE_IMPORT = "file-import"
+HTTP_RECORDS = "http-records"
 
 Progress = Callable[[int, int], None]
 """Called with (records done, records to do) after each committed batch."""
@@ -52,14 +63,29 @@ class ImportOutcome:
     run_id: uuid.UUID | None  # None for a dry run: nothing was written
 
 
+@functools.cache
+def bundled_ownership() -> OwnershipRegistry:
+    """The registry shipped with the service, for callers that were given none."""
+    from services.erp_adapter.config import load_ownership  # a file read: only when needed
+
+    return load_ownership()
+
+
 async def import_export(
     cmd: ImportExport,
     uow: ErpUnitOfWork,
     *,
     batch_size: int = 500,
     progress: Progress | None = None,
+    ownership: OwnershipRegistry | None = None,
 ) -> ImportOutcome:
-    """Raises `ExportFileError` (logged, nothing imported) when the file as a whole is unusable."""
+    """Raises `ExportFileError` (logged, nothing imported) when the file as a whole is unusable.
+
+    Columns beyond the ones the import applies are checked against `ownership`: a value for a
+    field Spine owns becomes a conflict, never applied; a column the registry does not name is
+    ignored, as it always was.
+    """
+    registry = ownership or bundled_ownership()
     try:
         # Parsing a large export is CPU work; keep the event loop free for consumers and HTTP.
         export, checked = await asyncio.to_thread(_read_and_validate, cmd)
@@ -94,6 +120,7 @@ async def import_export(
             await tx.master_data.save(kind, plan.upserts, run.id)
             await tx.integration_log.add([_log_upsert(kind, u) for u in plan.upserts], run.id)
             tx.runs.resume(run).apply(plan)
+            await _conflicts_of_rows(tx, registry, kind, chunk, checked.extras)
         if progress:
             progress(start + len(chunk), len(records))
 
@@ -126,6 +153,166 @@ async def _count_only(
                 progress(start + len(chunk), len(records))
 
 
+async def _conflicts_of_rows(tx: ErpTransaction, registry: OwnershipRegistry, kind: Kind,
+                             records: list[Record], extras: dict[str, dict[str, Any]]) -> None:
+    entity = SCHEMAS[kind].entity
+    for record in records:
+        other = extras.get(record.key)
+        if not other:
+            continue
+        spine_owned = check_record(registry, entity, other).spine_owned
+        if spine_owned:
+            erp_record = {**record.fields(), **other}
+            notes = await detect_conflicts(tx, entity, record.key, spine_owned, erp_record,
+                                           FILE_IMPORT)
+            await tx.integration_log.add([LogEntry(
+                entity, "conflict", record.key, "; ".join(n.describe() for n in notes),
+                connector=FILE_IMPORT, payload=erp_record)], tx.correlation_id)
+
+
+@dataclass(frozen=True)
+class ConflictNote:
+    """What became of one Spine-owned field an ERP record carried."""
+
+    field: str
+    outcome: str  # detected, repeated, reopened, agrees (the ERP repeats Spine's value)
+    conflict_id: uuid.UUID | None
+    spine_owner: str
+
+    def describe(self) -> str:
+        if self.conflict_id is None:
+            return f"{self.field}: agrees with {self.spine_owner}"
+        return f"{self.field}: {self.spine_owner} owns it, conflict {self.conflict_id} {self.outcome}"
+
+
+async def detect_conflicts(tx: ErpTransaction, entity: str, entity_id: str,
+                           spine_owned: list[FieldValue], erp_record: dict[str, Any],
+                           connector: str) -> list[ConflictNote]:
+    """Each Spine-owned value the ERP sent: a new conflict, or one more sighting of it."""
+    notes: list[ConflictNote] = []
+    order_id = await tx.spine_values.order_of(entity, entity_id)
+    for sent in spine_owned:
+        spine = await tx.spine_values.value_of(entity, entity_id, sent.field)
+        if agrees(sent.value, spine):
+            notes.append(ConflictNote(sent.field, "agrees", None, sent.owner))
+            continue
+        found = await tx.conflicts.find(entity, entity_id, sent.field, sent.value)
+        if found is None:
+            new = Conflict.detect(entity=entity, entity_id=entity_id, field=sent.field,
+                                  erp_value=sent.value, spine=spine, spine_owner=sent.owner,
+                                  erp_record=erp_record, connector=connector,
+                                  order_id=order_id, correlation_id=tx.correlation_id)
+            if await tx.conflicts.add(new):
+                notes.append(ConflictNote(sent.field, "detected", new.id, sent.owner))
+                continue
+            # The same conflict was stored by a transaction that committed meanwhile.
+            found = await tx.conflicts.find(entity, entity_id, sent.field, sent.value)
+            assert found is not None  # nosec B101 # the unique key said it exists
+        was_open = found.status is ConflictStatus.OPEN
+        found.seen_again(erp_record, spine)
+        await tx.conflicts.update(found)
+        reopened = not was_open and found.status is ConflictStatus.OPEN
+        notes.append(ConflictNote(sent.field, "reopened" if reopened else "repeated", found.id,
+                                  sent.owner))
+    return notes
+
+
+@dataclass(frozen=True)
+class ReceiveRecord:
+    """One record the ERP sends on its own (`POST /erp/records`): checked field by field."""
+
+    entity: str
+    entity_id: str
+    fields: dict[str, Any]
+    actor: Actor
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    entity: str
+    entity_id: str
+    applied: str  # created, updated, unchanged, or none (it carried no field the ERP owns)
+    conflicts: list[ConflictNote]
+    correlation_id: str  # what its log row and its conflicts carry
+
+
+async def receive_record(cmd: ReceiveRecord, uow: ErpUnitOfWork, *,
+                         ownership: OwnershipRegistry | None = None) -> RecordOutcome:
+    """Apply what the ERP owns, turn what Spine owns into conflicts; refuse unknown fields.
+
+    A refused record changes nothing but leaves its integration-log row (nothing crosses the
+    boundary without one); the refusal raises `InvalidInput` with every reason.
+    """
+    registry = ownership or bundled_ownership()
+    problems: list[str] = []
+    if cmd.entity not in registry.entities():
+        problems.append(f"entity: {cmd.entity!r} is not in the ownership registry "
+                        f"({', '.join(registry.entities())})")
+        checked = None
+    else:
+        checked = check_record(registry, cmd.entity, cmd.fields)
+        problems += [f"fields.{name}: not in the ownership registry for {cmd.entity}; ask for "
+                     "it to be added before sending it" for name in checked.unknown]
+    record: Record | None = None
+    kind = KIND_OF_ENTITY.get(cmd.entity)
+    if checked is not None and kind is not None and checked.erp_owned:
+        record, bad = build_record(kind, cmd.entity_id, checked.erp_owned)
+        problems += [f"fields.{p}" for p in bad]
+    request = {"method": "POST", "path": "/erp/records"}
+    if problems or checked is None:
+        async with uow.begin(actor=cmd.actor) as tx:
+            await tx.integration_log.add([LogEntry(
+                cmd.entity, "rejected", cmd.entity_id, "; ".join(problems),
+                connector=HTTP_RECORDS, payload=cmd.fields, request=request,
+                response={"status": 422})], tx.correlation_id)
+        raise workflow.InvalidInput(problems, detail=f"{cmd.entity} {cmd.entity_id} not taken: "
+                                    + "; ".join(problems))
+
+    async with uow.begin(actor=cmd.actor) as tx:
+        applied = "none"
+        if record is not None and kind is not None:
+            await tx.master_data.lock(kind)
+            plan = plan_changes([record], await tx.master_data.stored(kind, [record.key]))
+            await tx.master_data.save(kind, plan.upserts, None)
+            tx.track(RecordReceipt(uuid.uuid4())).apply(kind, plan)
+            applied = ("unchanged" if not plan.upserts else
+                       "created" if plan.upserts[0].is_new else "updated")
+        notes = await detect_conflicts(tx, cmd.entity, cmd.entity_id, checked.spine_owned,
+                                       dict(cmd.fields), HTTP_RECORDS)
+        in_conflict = [n for n in notes if n.conflict_id is not None]
+        outcome = ("conflict" if in_conflict and applied == "none" else
+                   f"{applied}_with_conflicts" if in_conflict else applied)
+        detail = "; ".join([f"ERP-owned fields: {applied}"] + [n.describe() for n in notes])
+        await tx.integration_log.add([LogEntry(
+            cmd.entity, outcome, cmd.entity_id, detail, connector=HTTP_RECORDS,
+            order_id=await tx.spine_values.order_of(cmd.entity, cmd.entity_id),
+            payload=cmd.fields, request=request,
+            response={"status": 200, "applied": applied,
+                      "conflicts": [str(n.conflict_id) for n in in_conflict]})],
+            tx.correlation_id)
+        return RecordOutcome(cmd.entity, cmd.entity_id, applied, notes, str(tx.correlation_id))
+
+
+@dataclass(frozen=True)
+class ResolveConflict:
+    """A person decides a conflict: Spine's value stands, or the ERP corrected its side."""
+
+    conflict_id: uuid.UUID
+    resolution: Resolution
+    reason: str
+    actor: Actor
+
+
+async def resolve_conflict(cmd: ResolveConflict, uow: ErpUnitOfWork) -> Conflict:
+    async with uow.begin(actor=cmd.actor) as tx:
+        found = await tx.conflicts.get(cmd.conflict_id)
+        if found is None:
+            raise workflow.NotFound(f"no conflict {cmd.conflict_id}")
+        found.resolve(cmd.resolution, cmd.reason, cmd.actor.id)
+        await tx.conflicts.update(found)
+        return found
+
+
 def _read_and_validate(cmd: ImportExport) -> tuple[ExportFile, Validated]:
     export = read_export(cmd.filename, cmd.content, cmd.kind)
     return export, validate(export)
@@ -149,6 +336,8 @@ Handler = Callable[..., Awaitable[Any]]
 # Command type → handler: the edges build a command and hand it here.
 HANDLERS: dict[type[Any], Handler] = {
     ImportExport: import_export,
+    ReceiveRecord: receive_record,
+    ResolveConflict: resolve_conflict,
 }
 
 

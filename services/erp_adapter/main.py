@@ -10,7 +10,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.erp_adapter import api, permissions, publishers
-from services.erp_adapter.config import NAME, Settings
+from services.erp_adapter.config import NAME, Settings, load_ownership
+from services.erp_adapter.ownership import OwnershipError
 from services.erp_adapter.unit_of_work import sql_unit_of_work
 from shared.runtime import Runtime
 from shared.web.dead_letters import dead_letters_router
@@ -19,18 +20,26 @@ from shared.web.dead_letters import dead_letters_router
 def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     """Wire the service; nothing connects until the app starts."""
     config = settings or Settings()
+    ownership = load_ownership(config.ownership_file)  # a bad registry stops the start, naming it
     runtime = Runtime.build(NAME, config)
     uow = sql_unit_of_work(runtime.engine)
     # The upload's multipart framing and form fields come on top of the file itself.
     upload_limit = config.import_max_bytes + api.UPLOAD_OVERHEAD_BYTES
-    return runtime, runtime.app(routers=[api.router, dead_letters_router(NAME)], uow=uow,
-                                permissions=permissions.PERMISSIONS,
-                                published=publishers.PUBLISHED, body_limits={"/imports": upload_limit})
+    app = runtime.app(routers=[api.router, api.records_router, api.conflicts_router,
+                               dead_letters_router(NAME)], uow=uow,
+                      permissions=permissions.PERMISSIONS, published=publishers.PUBLISHED,
+                      body_limits={"/imports": upload_limit})
+    app.state.ownership = ownership
+    return runtime, app
 
 
 def main() -> None:
     """Run the erp_adapter service until SIGINT/SIGTERM."""
-    Runtime.main(build)
+    try:
+        Runtime.main(build)
+    except OwnershipError as exc:
+        raise SystemExit("erp_adapter not started: the ownership registry is not usable:\n  "
+                         + "\n  ".join(exc.problems)) from None
 
 
 if __name__ == "__main__":

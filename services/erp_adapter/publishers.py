@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.erp_adapter.conflicts import ConflictDetected
 from services.erp_adapter.domain import Customer, RecordUpserted
+from shared.contracts import erp as contracts
 from shared.contracts.erp import (
+    CONFLICT_DETECTED,
     CUSTOMER_UPSERTED,
     PRODUCT_UPSERTED,
     CustomerUpserted,
@@ -26,6 +29,15 @@ def to_wire(event: DomainEvent) -> WireEvent | None:
         product = ProductUpserted(product_id=record.product_id, name=record.name, uom=record.uom,
                                   active=record.active, version=event.version)
         return WireEvent(PRODUCT_UPSERTED, product.model_dump(mode="json"))
+    if isinstance(event, ConflictDetected):
+        c = event.conflict
+        detected = contracts.ConflictDetected(
+            conflict_id=str(c.id), entity=c.entity, entity_id=c.entity_id, field=c.field,
+            erp_value=c.erp_value, spine_value=c.spine_value if c.spine_value_known else None,
+            spine_value_known=c.spine_value_known, spine_owner=c.spine_owner,
+            order_id=c.order_id, connector=c.connector, reopened=event.reopened,
+            occurrences=c.occurrences)
+        return WireEvent(CONFLICT_DETECTED, detected.model_dump(mode="json"))
     return None
 
 
@@ -33,4 +45,5 @@ def to_wire(event: DomainEvent) -> WireEvent | None:
 PUBLISHED: dict[str, type[Any]] = {
     CUSTOMER_UPSERTED: CustomerUpserted,
     PRODUCT_UPSERTED: ProductUpserted,
+    CONFLICT_DETECTED: contracts.ConflictDetected,
 }

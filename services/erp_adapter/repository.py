@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -11,8 +13,22 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.erp_adapter.conflicts import (
+    UNKNOWN,
+    Conflict,
+    ConflictStatus,
+    Resolution,
+    SpineValue,
+    value_sha256,
+)
 from services.erp_adapter.domain import SCHEMAS, ImportRun, Kind, LogEntry, Stored, Upsert
-from services.erp_adapter.tables import MASTER_TABLES, import_run, integration_log
+from services.erp_adapter.tables import (
+    MASTER_TABLES,
+    conflict,
+    dispatch_replica,
+    import_run,
+    integration_log,
+)
 from shared.contracts.envelope import ActorLike
 
 Track = Callable[[ImportRun], ImportRun]
@@ -29,8 +45,9 @@ class MasterDataRepository(Protocol):
         """The stored copies of `keys` (absent keys are new records)."""
         ...
 
-    async def save(self, kind: Kind, upserts: Sequence[Upsert], import_id: uuid.UUID) -> None:
-        """Insert new and overwrite changed copies."""
+    async def save(self, kind: Kind, upserts: Sequence[Upsert],
+                   import_id: uuid.UUID | None) -> None:
+        """Insert new and overwrite changed copies (`import_id` None: sent over HTTP)."""
         ...
 
 
@@ -54,6 +71,35 @@ class IntegrationLogRepository(Protocol):
     """The integration log: append-only lines of what crossed the ERP boundary."""
 
     async def add(self, entries: Sequence[LogEntry], correlation_id: uuid.UUID | None) -> None: ...
+
+
+class ConflictRepository(Protocol):
+    """Conflicts, one per (entity, id, field, ERP value)."""
+
+    async def get(self, conflict_id: uuid.UUID) -> Conflict | None:
+        """The conflict, locked until commit (None if there is none)."""
+        ...
+
+    async def find(self, entity: str, entity_id: str, field: str, erp_value: object
+                   ) -> Conflict | None:
+        """The conflict about this ERP value, locked until commit."""
+        ...
+
+    async def add(self, found: Conflict) -> bool:
+        """Store a new conflict; False when the same one was stored meanwhile (then `find` it)."""
+        ...
+
+    async def update(self, found: Conflict) -> None: ...
+
+
+class SpineValues(Protocol):
+    """Spine's values as the adapter learned them from events (the dispatch replica)."""
+
+    async def value_of(self, entity: str, entity_id: str, field: str) -> SpineValue: ...
+
+    async def order_of(self, entity: str, entity_id: str) -> str | None:
+        """The order a record is about, where the adapter knows it."""
+        ...
 
 
 # Arbitrary but fixed keys of the per-kind import locks (pg_advisory_xact_lock takes a bigint).
@@ -85,7 +131,8 @@ class SqlAlchemyMasterDataRepository:
             found[row["id"]] = Stored(fields, row["content_hash"], row["version"])
         return found
 
-    async def save(self, kind: Kind, upserts: Sequence[Upsert], import_id: uuid.UUID) -> None:
+    async def save(self, kind: Kind, upserts: Sequence[Upsert],
+                   import_id: uuid.UUID | None) -> None:
         # One round trip for the whole batch (executemany).
         if not upserts:
             return
@@ -156,6 +203,11 @@ class SqlAlchemyImportRunRepository:
         self.track(run)
 
 
+# A payload larger than this (as JSON) is logged by its digest only: the log stays readable and
+# small, and the digest still proves what was sent (the confirmation keeps the whole payload).
+LOG_PAYLOAD_MAX_BYTES = 16 * 1024
+
+
 class SqlAlchemyIntegrationLogRepository:
     """Appends integration-log lines on the unit of work's connection."""
 
@@ -164,11 +216,115 @@ class SqlAlchemyIntegrationLogRepository:
 
     async def add(self, entries: Sequence[LogEntry], correlation_id: uuid.UUID | None) -> None:
         if entries:
-            await self.conn.execute(
-                sa.insert(integration_log),
-                [
-                    {"direction": e.direction, "kind": e.kind, "record_key": e.record_key,
-                     "outcome": e.outcome, "detail": e.detail, "correlation_id": correlation_id}
-                    for e in entries
-                ],
-            )
+            await self.conn.execute(sa.insert(integration_log), [_log_row(e, correlation_id)
+                                                                 for e in entries])
+
+
+def _log_row(e: LogEntry, correlation_id: uuid.UUID | None) -> dict[str, object]:
+    payload, digest = e.payload, None
+    if payload is not None:
+        digest = value_sha256(payload)
+        if len(json.dumps(payload, default=str)) > LOG_PAYLOAD_MAX_BYTES:
+            payload = None
+    return {"direction": e.direction, "kind": e.kind, "record_key": e.record_key,
+            "outcome": e.outcome, "detail": e.detail, "correlation_id": correlation_id,
+            "connector": e.connector, "order_id": e.order_id, "payload": payload,
+            "payload_sha256": digest, "request": e.request, "response": e.response,
+            "attempts": e.attempts, "last_error": e.last_error}
+
+
+class SqlAlchemyConflictRepository:
+    def __init__(self, conn: AsyncConnection, track: Callable[[Conflict], Conflict]) -> None:
+        self.conn = conn
+        self.track = track
+
+    async def get(self, conflict_id: uuid.UUID) -> Conflict | None:
+        return await self._one(conflict.c.id == conflict_id)
+
+    async def find(self, entity: str, entity_id: str, field: str, erp_value: object
+                   ) -> Conflict | None:
+        return await self._one(sa.and_(
+            conflict.c.entity == entity, conflict.c.entity_id == entity_id,
+            conflict.c.field == field, conflict.c.erp_value_sha256 == value_sha256(erp_value)))
+
+    async def _one(self, where: sa.ColumnElement[bool]) -> Conflict | None:
+        row = (await self.conn.execute(
+            sa.select(conflict).where(where).with_for_update())).mappings().first()
+        if row is None:
+            return None
+        return self.track(Conflict(
+            id=row["id"], entity=row["entity"], entity_id=row["entity_id"], field=row["field"],
+            erp_value=row["erp_value"], spine_value=row["spine_value"],
+            spine_value_known=row["spine_value_known"], spine_owner=row["spine_owner"],
+            erp_record=row["erp_record"], connector=row["connector"], order_id=row["order_id"],
+            correlation_id=row["correlation_id"], status=ConflictStatus(row["status"]),
+            resolution=Resolution(row["resolution"]) if row["resolution"] else None,
+            reason=row["reason"], resolved_by=row["resolved_by"],
+            occurrences=row["occurrences"], version=row["version"]))
+
+    async def add(self, found: Conflict) -> bool:
+        inserted = await self.conn.execute(
+            pg_insert(conflict).values(
+                id=found.id, entity=found.entity, entity_id=found.entity_id, field=found.field,
+                erp_value=found.erp_value, erp_value_sha256=found.erp_value_sha256,
+                spine_value=found.spine_value, spine_value_known=found.spine_value_known,
+                spine_owner=found.spine_owner, erp_record=found.erp_record,
+                connector=found.connector, order_id=found.order_id, status=found.status.value,
+                version=found.version, correlation_id=found.correlation_id,
+            ).on_conflict_do_nothing().returning(conflict.c.id))
+        if inserted.first() is None:
+            return False
+        self.track(found)
+        return True
+
+    async def update(self, found: Conflict) -> None:
+        resolved = found.status is ConflictStatus.RESOLVED
+        await self.conn.execute(
+            sa.update(conflict).where(conflict.c.id == found.id).values(
+                status=found.status.value,
+                resolution=found.resolution.value if found.resolution else None,
+                reason=found.reason, resolved_by=found.resolved_by,
+                resolved_at=sa.func.now() if resolved else None,
+                occurrences=found.occurrences, version=found.version,
+                erp_record=found.erp_record, spine_value=found.spine_value,
+                spine_value_known=found.spine_value_known,
+                last_seen_at=sa.func.now(),
+            ))
+
+
+_LINE_FIELD = re.compile(r"^lines\[(\d+)\]\.(shipped_quantity|backorder_quantity)$")
+
+
+class SqlAlchemySpineValues:
+    """Spine's values from the dispatch replica; an order's fields are not replicated here."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def _dispatch(self, dispatch_id: str) -> sa.RowMapping | None:
+        return (await self.conn.execute(sa.select(dispatch_replica).where(
+            dispatch_replica.c.dispatch_id == dispatch_id))).mappings().first()
+
+    async def value_of(self, entity: str, entity_id: str, field: str) -> SpineValue:
+        if entity != "dispatch":
+            return UNKNOWN
+        row = await self._dispatch(entity_id)
+        if row is None:
+            return UNKNOWN
+        if field in ("dispatch_id", "order_id", "status", "carrier", "tracking_number"):
+            return SpineValue(True, row[field])
+        line = _LINE_FIELD.match(field)
+        if line and row["shipped_at"] is not None:
+            for found in row["lines"]:
+                if found["line_no"] == int(line.group(1)):
+                    return SpineValue(True, found.get(line.group(2)))
+            return SpineValue(True, None)  # shipped without that line
+        return UNKNOWN
+
+    async def order_of(self, entity: str, entity_id: str) -> str | None:
+        if entity == "order":
+            return entity_id
+        if entity == "dispatch":
+            row = await self._dispatch(entity_id)
+            return None if row is None else str(row["order_id"])
+        return None

@@ -81,7 +81,75 @@ integration_log = sa.Table(
     sa.Column("outcome", sa.Text, nullable=False),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Column("correlation_id", UUID(as_uuid=True)),
+    # How it crossed: file-import, http-records (inbound); file, http (outbound connectors).
+    sa.Column("connector", sa.Text),
+    sa.Column("order_id", sa.Text),  # the order it is about, where known (the timeline's key)
+    # What crossed: the payload itself, or only its digest where it is large.
+    sa.Column("payload", JSONB),
+    sa.Column("payload_sha256", sa.Text),
+    sa.Column("request", JSONB),  # how it was sent or received (endpoint, file name, headers)
+    sa.Column("response", JSONB),  # what the other side answered
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("last_error", sa.Text),
     sa.CheckConstraint("direction IN ('in', 'out')", name="direction"),
     sa.Index("ix_integration_log_kind_id", "kind", "id"),
     sa.Index("ix_integration_log_correlation_id", "correlation_id"),
+    sa.Index("ix_integration_log_record_key", "record_key"),
+    sa.Index("ix_integration_log_order_id", "order_id"),
+)
+
+# What the adapter learned of each dispatch from `dispatch.*` events: Spine's values, as the
+# dispatch service published them (a replica; the dispatch service is the only writer).
+dispatch_replica = sa.Table(
+    "dispatch_replica",
+    metadata,
+    sa.Column("dispatch_id", sa.Text, primary_key=True),
+    sa.Column("order_id", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("carrier", sa.Text),
+    sa.Column("tracking_number", sa.Text),
+    # [{line_no, shipped_quantity, backorder_quantity}] once shipped (corrections applied).
+    sa.Column("lines", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("shipped_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Index("ix_dispatch_replica_order_id", "order_id"),
+)
+
+# An inbound ERP value for a field Spine owns: never applied, kept with both values until a
+# person resolves it. One row per (entity, id, field, ERP value): the ERP repeating itself
+# counts `occurrences` instead of adding rows.
+conflict = sa.Table(
+    "conflict",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("entity", sa.Text, nullable=False),
+    sa.Column("entity_id", sa.Text, nullable=False),
+    sa.Column("field", sa.Text, nullable=False),
+    sa.Column("erp_value", JSONB, nullable=False),
+    sa.Column("erp_value_sha256", sa.Text, nullable=False),
+    sa.Column("spine_value", JSONB),
+    sa.Column("spine_value_known", sa.Boolean, nullable=False),
+    sa.Column("spine_owner", sa.Text, nullable=False),
+    sa.Column("erp_record", JSONB, nullable=False),
+    sa.Column("connector", sa.Text, nullable=False),
+    sa.Column("order_id", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("resolution", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("resolved_by", sa.Text),
+    sa.Column("occurrences", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("correlation_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("resolved_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("entity", "entity_id", "field", "erp_value_sha256"),
+    sa.CheckConstraint("status IN ('open', 'resolved')", name="status"),
+    sa.CheckConstraint("resolution IS NULL OR resolution IN ('keep_spine', 'erp_corrected')",
+                       name="resolution"),
+    sa.Index("ix_conflict_status_detected_at", "status", "detected_at"),
 )

@@ -9,23 +9,29 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.erp_adapter import publishers
 from services.erp_adapter.config import NAME
 from services.erp_adapter.repository import (
+    ConflictRepository,
     ImportRunRepository,
     IntegrationLogRepository,
     MasterDataRepository,
+    SpineValues,
+    SqlAlchemyConflictRepository,
     SqlAlchemyImportRunRepository,
     SqlAlchemyIntegrationLogRepository,
     SqlAlchemyMasterDataRepository,
+    SqlAlchemySpineValues,
 )
 from services.erp_adapter.tables import metadata
 from shared.uow import ConnTransaction, SqlAlchemyUnitOfWork, Transaction, UnitOfWork
 
 
 class ErpTransaction(Transaction):
-    """What an erp_adapter handler works with: `tx.master_data`, `tx.runs`, `tx.integration_log`."""
+    """What an erp_adapter handler works with: master data, runs, the log, conflicts, replicas."""
 
     master_data: MasterDataRepository
     runs: ImportRunRepository
     integration_log: IntegrationLogRepository
+    conflicts: ConflictRepository
+    spine_values: SpineValues
 
 
 class SqlErpTransaction(ConnTransaction, ErpTransaction):
@@ -34,6 +40,8 @@ class SqlErpTransaction(ConnTransaction, ErpTransaction):
         self.master_data = SqlAlchemyMasterDataRepository(conn)
         self.runs = SqlAlchemyImportRunRepository(conn, self.track)
         self.integration_log = SqlAlchemyIntegrationLogRepository(conn)
+        self.conflicts = SqlAlchemyConflictRepository(conn, self.track)
+        self.spine_values = SqlAlchemySpineValues(conn)
 
 
 ErpUnitOfWork = UnitOfWork[ErpTransaction]

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.erp_adapter.tables import import_run, integration_log
+from services.erp_adapter.tables import conflict, import_run, integration_log
 
 
 async def list_runs(
@@ -34,22 +34,43 @@ async def fetch_run(engine: AsyncEngine, run_id: uuid.UUID) -> dict[str, Any] | 
 async def list_log(
     engine: AsyncEngine,
     *,
-    kind: str | None,
-    outcome: str | None,
-    correlation_id: uuid.UUID | None,
-    before_id: int | None,
     limit: int,
+    offset: int = 0,
+    before_id: int | None = None,
+    oldest_first: bool = False,
+    **filters: Any,
 ) -> list[dict[str, Any]]:
-    """Newest first; `before_id` pages back through older entries."""
+    """Newest first (or oldest, for a timeline); `before_id` pages back through older entries.
+
+    `filters`: column → value, for the columns the route lets a caller filter on (None: any).
+    """
     query = sa.select(integration_log)
-    if kind:
-        query = query.where(integration_log.c.kind == kind)
-    if outcome:
-        query = query.where(integration_log.c.outcome == outcome)
-    if correlation_id:
-        query = query.where(integration_log.c.correlation_id == correlation_id)
+    for column, value in filters.items():
+        if value is not None:
+            query = query.where(integration_log.c[column] == value)
     if before_id:
         query = query.where(integration_log.c.id < before_id)
+    order = integration_log.c.id.asc() if oldest_first else integration_log.c.id.desc()
     async with engine.connect() as conn:
-        rows = await conn.execute(query.order_by(integration_log.c.id.desc()).limit(limit))
+        rows = await conn.execute(query.order_by(order).limit(limit).offset(offset))
         return [dict(r) for r in rows.mappings()]
+
+
+async def list_conflicts(engine: AsyncEngine, *, limit: int, offset: int,
+                         **filters: Any) -> list[dict[str, Any]]:
+    """Newest first; `filters`: column → value (None: any)."""
+    query = sa.select(conflict)
+    for column, value in filters.items():
+        if value is not None:
+            query = query.where(conflict.c[column] == value)
+    query = query.order_by(conflict.c.detected_at.desc(), conflict.c.id)
+    async with engine.connect() as conn:
+        rows = await conn.execute(query.limit(limit).offset(offset))
+        return [dict(r) for r in rows.mappings()]
+
+
+async def fetch_conflict(engine: AsyncEngine, conflict_id: uuid.UUID) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        found = (await conn.execute(sa.select(conflict).where(conflict.c.id == conflict_id))
+                 ).mappings().first()
+        return dict(found) if found else None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from shared.contracts.envelope import Contract
 
 CUSTOMER_UPSERTED = "erp.customer.upserted"
 PRODUCT_UPSERTED = "erp.product.upserted"
+CONFLICT_DETECTED = "erp.conflict.detected"
 
 
 class CustomerUpserted(Contract):
@@ -23,3 +26,26 @@ class ProductUpserted(Contract):
     uom: str = Field(min_length=1, max_length=16)
     active: bool = True
     version: int = Field(default=1, ge=1)
+
+
+class ConflictDetected(Contract):
+    """The ERP sent a value for a field a Spine service owns; it was not applied.
+
+    Published when the conflict is first seen, and again when the ERP sends the value after the
+    conflict was resolved as `erp_corrected` (`reopened`). Resolve it at the erp_adapter's
+    `POST /conflicts/{conflict_id}/resolve`.
+    """
+
+    conflict_id: str
+    entity: str
+    entity_id: str
+    field: str = Field(description="`lines[<line_no>].<field>` for a field of one line")
+    erp_value: Any = Field(description="what the ERP sent (any JSON value)")
+    spine_value: Any = Field(default=None, description="Spine's value where the adapter knows it")
+    spine_value_known: bool = Field(description="false: the adapter keeps no copy of it; ask "
+                                                "spine_owner")
+    spine_owner: str = Field(description="the Spine service that owns the field")
+    order_id: str | None = None
+    connector: str = Field(description="how the record came in: file-import, http-records")
+    reopened: bool = False
+    occurrences: int = Field(default=1, ge=1)

@@ -336,6 +336,16 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("erp_adapter", "GET", "/imports"): _fixed("GET", "/imports"),
     ("erp_adapter", "GET", "/imports/{run_id}"): _fixed("GET", f"/imports/{_some_id()}"),
     ("erp_adapter", "GET", "/integration-log"): _fixed("GET", "/integration-log"),
+    ("erp_adapter", "GET", "/ownership"): _fixed("GET", "/ownership"),
+    ("erp_adapter", "POST", "/erp/records"): _fixed(
+        "POST", "/erp/records", json={"entity": "order", "id": "o-1",
+                                      "fields": {"status": "invoiced"}}),
+    ("erp_adapter", "GET", "/conflicts"): _fixed("GET", "/conflicts"),
+    ("erp_adapter", "GET", "/timeline"): _fixed("GET", "/timeline", params={"order_id": "o-1"}),
+    ("erp_adapter", "GET", "/conflicts/{conflict_id}"): _fixed("GET", f"/conflicts/{_some_id()}"),
+    ("erp_adapter", "POST", "/conflicts/{conflict_id}/resolve"): _fixed(
+        "POST", f"/conflicts/{_some_id()}/resolve",
+        json={"resolution": "keep_spine", "reason": "Spine is right"}),
 }
 
 CELLS = [(service, method, path, role, allowed)

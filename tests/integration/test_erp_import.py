@@ -96,6 +96,15 @@ class Erp:
 async def erp(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, servers: Servers
 ) -> AsyncIterator[Erp]:
+    async with isolated_erp(monkeypatch, tmp_path, servers) as found:
+        yield found
+
+
+@asynccontextmanager
+async def isolated_erp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, servers: Servers
+) -> AsyncIterator[Erp]:
+    """An erp_adapter of its own: database, namespace and observer (other modules use it too)."""
     unique = f"erptest_{uuid.uuid4().hex[:8]}"
     for key, value in {
         "SPINE_PG_URL": servers.pg_url,
@@ -382,8 +391,8 @@ async def test_the_command_refuses_a_database_that_is_not_migrated(
 
 async def test_the_migration_downgrades_to_nothing_and_upgrades_again(erp: Erp) -> None:
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1"
-    assert await erp.db.fetchval(tables, "alembic_version") == 7
+    assert await erp.db.fetchval(tables, "alembic_version") == 9
     await migrate(erp, downgrade)
     assert await erp.db.fetchval(tables, "alembic_version") == 0
     await migrate(erp, upgrade)
-    assert await erp.db.fetchval(tables, "alembic_version") == 7
+    assert await erp.db.fetchval(tables, "alembic_version") == 9

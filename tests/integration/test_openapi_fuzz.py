@@ -45,7 +45,8 @@ from services.dispatch.handlers import CreateDispatch, OpenException, Transition
 from services.dispatch.handlers import handle as handle_dispatch
 from services.erp_adapter import main as erp_main
 from services.erp_adapter import unit_of_work as erp_uow
-from services.erp_adapter.handlers import ImportExport
+from services.erp_adapter.conflicts import Resolution
+from services.erp_adapter.handlers import ImportExport, ReceiveRecord, ResolveConflict
 from services.erp_adapter.handlers import handle as handle_erp
 from services.notification import main as notification_main
 from services.order import main as order_main
@@ -139,10 +140,19 @@ async def _seed_dispatch(engine: Any) -> Seeded:
 
 
 async def _seed_erp_adapter(engine: Any) -> Seeded:
+    uow = erp_uow.sql_unit_of_work(engine)
+    integration = Actor("u-integration", "integration")
     outcome = await handle_erp(ImportExport(
-        "customers.csv", (ROOT / "samples/erp/customers.csv").read_bytes(),
-        Actor("u-integration", "integration")), erp_uow.sql_unit_of_work(engine))
-    return {"run_id": [str(outcome.run_id)]}
+        "customers.csv", (ROOT / "samples/erp/customers.csv").read_bytes(), integration), uow)
+    # Two open conflicts and a resolved one: resolving answers 200 and 409.
+    conflicts = []
+    for status in ("invoiced", "closed", "paid"):
+        received = await handle_erp(ReceiveRecord("order", "o-1", {"status": status},
+                                                  integration), uow)
+        conflicts.append(received.conflicts[0].conflict_id)
+    await handle_erp(ResolveConflict(conflicts[2], Resolution.KEEP_SPINE, "Spine is right",
+                                     integration), uow)
+    return {"run_id": [str(outcome.run_id)], "conflict_id": [str(c) for c in conflicts]}
 
 
 # Answers only seeded rows give, which a run must reach (the seed is fixed, so it does).

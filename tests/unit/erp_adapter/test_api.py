@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from services.erp_adapter import api
+from services.erp_adapter.config import load_ownership
 from shared.tokens import JwtVerifier
 from shared.web.problems import PROBLEM_JSON, install_problem_responses
 from tests.unit.erp_adapter.fakes import FakeErp, fake_unit_of_work
@@ -34,6 +35,7 @@ async def client(fake: FakeErp) -> AsyncIterator[httpx.AsyncClient]:
     app.include_router(api.router)
     app.state.jwt = VERIFIER
     app.state.uow = fake.uow
+    app.state.ownership = load_ownership()
     app.state.runtime = SimpleNamespace(
         settings=SimpleNamespace(import_max_bytes=64, import_batch_size=500))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://erp") as c:

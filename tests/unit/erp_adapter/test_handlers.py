@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from services.erp_adapter.domain import Kind, UnreadableFile, UnsupportedFormat
-from services.erp_adapter.handlers import HANDLERS, ImportExport, ImportOutcome, handle
+from services.erp_adapter.handlers import (
+    HANDLERS,
+    ImportExport,
+    ImportOutcome,
+    ReceiveRecord,
+    ResolveConflict,
+    handle,
+)
 from shared.contracts.envelope import Actor
 from shared.workflow import InvalidInput
 from tests.unit.erp_adapter.fakes import FakeErp, fake_unit_of_work
@@ -176,4 +183,4 @@ async def test_a_failed_batch_keeps_the_batches_before_it_and_leaves_the_run_unf
 
 
 def test_every_command_has_exactly_one_handler() -> None:
-    assert set(HANDLERS) == {ImportExport}
+    assert set(HANDLERS) == {ImportExport, ReceiveRecord, ResolveConflict}
