@@ -14,7 +14,7 @@ import hmac
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -30,7 +30,8 @@ from services.notification.unit_of_work import sql_unit_of_work
 from shared.contracts.envelope import Actor, new_envelope
 from shared.db.engine import make_engine
 from shared.stack import free_port
-from tests.integration.test_notification_inbox import Notification, notification  # noqa: F401
+from tests.conftest import Servers
+from tests.integration.test_notification_inbox import Notification, isolated_notification
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +44,14 @@ PEOPLE = (
     "u-boss,Bo Boss,supervisor,boss@plant.example,,\n"
     "bad one,Nobody,boss,,,\n"
 )
+
+
+@pytest.fixture
+async def notification(
+    monkeypatch: pytest.MonkeyPatch, servers: Servers
+) -> AsyncIterator[Notification]:
+    async with isolated_notification(monkeypatch, servers) as made:
+        yield made
 
 
 # ------------------------------------------------------------------------------ the peers

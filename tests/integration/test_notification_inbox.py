@@ -90,6 +90,15 @@ class Notification:
 async def notification(
     monkeypatch: pytest.MonkeyPatch, servers: Servers
 ) -> AsyncIterator[Notification]:
+    async with isolated_notification(monkeypatch, servers) as made:
+        yield made
+
+
+@asynccontextmanager
+async def isolated_notification(
+    monkeypatch: pytest.MonkeyPatch, servers: Servers
+) -> AsyncIterator[Notification]:
+    """A notification service's settings on a fresh database and namespace, removed after."""
     unique = f"notiftest_{uuid.uuid4().hex[:8]}"
     for key, value in {
         "SPINE_PG_URL": servers.pg_url,
