@@ -6,7 +6,9 @@ read this table, so adding or renaming a service is one edit here (plus its fold
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 
@@ -22,7 +24,8 @@ class Service:
     # The first word of every routing key it publishes (`erp.` for the erp_adapter): the broker
     # lets only this service's user publish it, and consumers refuse it from anyone else.
     event_prefix: str
-    # (purpose, binding key) of each quorum queue `spine.<name>.<purpose>` it consumes from.
+    # (purpose, binding key) of each quorum queue `spine.<name>.<purpose>` it consumes from; a
+    # purpose named twice is one queue with two bindings.
     consumer_queues: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -58,15 +61,28 @@ DISPATCH = Service(
         ("dispatch-progress", "ext.*.dispatch.progress"),
     ),
 )
+# The notification service's default rules: its queue binds exactly the event types they name.
+NOTIFICATION_RULES = Path(__file__).resolve().parents[1] / "services/notification/rules/default.json"
+
+
+def _rule_bindings(path: Path) -> tuple[tuple[str, str], ...]:
+    """One binding of the notification queue per event type the rules file names (its `on`s).
+
+    Read here with the standard library so the topology (and `spine topology declare`) binds
+    what the service will consume; the service itself binds the `on`s of the rules it loaded
+    (SPINE_RULES_FILE) at start, and validates them. An event no rule names is not consumed:
+    observing it would cost a transaction per event and tell no one anything.
+    """
+    rules = json.loads(path.read_text())["rules"]
+    return tuple(("events", on) for on in sorted({rule["on"] for rule in rules}))
+
+
 NOTIFICATION = Service(
     "notification",
     http_port=8003,
     database_suffix="notification",
     event_prefix="notification",
-    # Dispatch events only: its rules' event names come from the dispatch workflow table. An
-    # order event no one else binds (order.received when no outside system listens) is kept
-    # by the events exchange's alternate exchange, so no queue has to exist just to take it.
-    consumer_queues=(("events", "dispatch.#"),),
+    consumer_queues=_rule_bindings(NOTIFICATION_RULES),
 )
 ERP_ADAPTER = Service("erp_adapter", http_port=8004, database_suffix="erp", event_prefix="erp")
 

@@ -28,7 +28,7 @@ from shared.messaging.broker import delivery_policy, make_broker
 from shared.messaging.delivery import describe
 from shared.messaging.provenance import Senders
 from shared.messaging.relay import OutboxRelay
-from shared.messaging.topology import Topology, consumer_queues
+from shared.messaging.topology import Topology, binding_keys, consumer_queues
 from shared.telemetry import setup_logging, setup_tracing
 from shared.web.body_limit import BodyLimit
 from shared.web.permissions import Door, Permissions, documented_routes
@@ -53,6 +53,10 @@ class Runtime:
     messaging_pending: str | None = "not connected yet"
     # Background loops of the service (a timer), run beside the consumers: name → coroutine.
     workers: dict[str, Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=dict)
+    # Queue name → the binding keys the service wants there, when they are not the registry's
+    # (the notification service binds the events its rules name), and keys to remove.
+    bindings: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    retired_bindings: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _messaging: asyncio.Task[None] = field(init=False, repr=False)
 
     @classmethod
@@ -90,6 +94,24 @@ class Runtime:
             dlq = await self.broker.declare_queue(self.topology.dead_letter_queue(queue.name))
             await dlq.bind(dlx, routing_key=queue.name)
 
+    async def bind_queues(self) -> None:
+        """Bind each consumed queue to every key it needs, beyond the subscriber's first one.
+
+        Binding needs no configure right (write on the queue, read on the exchange), so this
+        works where `spine topology declare` made the queues; unbinding a key that is not bound
+        is no error, so retired keys are removed on every start.
+        """
+        events = await self.broker.declare_exchange(self.topology.events)
+        for spec in consumer_queues(self.topology, self.name):
+            purpose = spec.name.removeprefix(f"{self.topology.namespace}.{self.name}.")
+            keys = self.bindings.get(spec.name) or binding_keys(self.name, purpose)
+            queue = await self.broker.declare_queue(spec)
+            for key in keys:
+                await queue.bind(events, routing_key=key)
+            for key in self.retired_bindings.get(spec.name, ()):
+                if key not in keys:
+                    await queue.unbind(events, routing_key=key)
+
     async def start_messaging(self) -> None:
         """Connect, declare, start consuming; while the broker is down, wait and try again.
 
@@ -103,6 +125,7 @@ class Runtime:
                 await self.broker.declare_exchange(self.topology.events)
                 await self.declare_dead_letters()
                 await self.broker.start()
+                await self.bind_queues()
             except Exception as exc:
                 self.messaging_pending = f"waiting for the broker: {describe(exc)}"
                 log.warning("%s: broker not ready (%s); trying again in %.1f s", self.name,

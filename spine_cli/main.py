@@ -23,6 +23,7 @@ from spine_cli.dlq import dlq
 from spine_cli.erp import erp
 from spine_cli.errors import CliError, Options
 from spine_cli.groups import OrderedGroup
+from spine_cli.notification import notification
 from spine_cli.orders import publish_raw, submit_order, watch
 from spine_cli.tokens import token
 from spine_cli.topology import topology
@@ -101,6 +102,7 @@ cli.add_command(publish_raw)
 cli.add_command(watch)
 cli.add_command(dispatch)
 cli.add_command(erp)
+cli.add_command(notification)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

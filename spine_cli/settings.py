@@ -8,7 +8,7 @@ Only the commands that mint a token need SPINE_JWT_SECRET; they ask for it with 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr, ValidationError, field_validator
@@ -56,6 +56,12 @@ class CliSettings(ServiceSettings):
             raise CliError("SPINE_JWT_SECRET is shorter than 32 characters or a placeholder, so the "
                            "services would refuse it; set a real one (`make env` writes one to .env)")
         return secret
+
+
+class NotificationCliSettings(CliSettings):
+    """The notification service's database, for `spine notification people import`."""
+
+    service: ClassVar[str] = "notification"
 
 
 class ErpImportSettings(CliSettings, ErpAdapterSettings):

@@ -7,14 +7,17 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from pydantic import BaseModel
 
 from services.notification import views
+from services.notification.domain import DeliveryNotFound, NotRetriable, UnreadablePeopleFile
+from services.notification.handlers import ImportPeople, RetryDelivery, handle
+from services.notification.unit_of_work import NotificationUnitOfWork
 from shared.auth import Principal, require_roles
 from shared.tokens import ROLES
 from shared.web import params
-from shared.web.deps import EngineDep
+from shared.web.deps import EngineDep, unit_of_work
 from shared.web.problems import responses
 
 router = APIRouter(tags=["events"])
@@ -58,6 +61,11 @@ async def get_events(
 people_router = APIRouter(tags=["notifications"])
 PersonDep = Annotated[Principal, Depends(require_roles(*ROLES))]
 RulesReaderDep = Annotated[Principal, Depends(require_roles("supervisor", "ops"))]
+# The directory holds addresses and webhook secrets: ops maintain it; supervisors may read it.
+OpsDep = Annotated[Principal, Depends(require_roles("ops"))]
+UowDep = Annotated[NotificationUnitOfWork, Depends(unit_of_work)]
+# Room for the multipart boundaries and the small form fields beside the file.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 class RuleOut(BaseModel):
@@ -68,6 +76,7 @@ class RuleOut(BaseModel):
     channels: list[str]
     title: str
     body: str
+    html: str | None
 
 
 class DeliveryOut(BaseModel):
@@ -85,6 +94,7 @@ class DeliveryOut(BaseModel):
     created_at: datetime
     sent_at: datetime | None
     read_at: datetime | None
+    next_attempt_at: datetime | None
 
 
 class InboxOut(BaseModel):
@@ -138,3 +148,83 @@ async def get_deliveries(
 ) -> list[dict[str, Any]]:
     return await views.deliveries(engine, event_id=event_id, recipient=recipient,
                                   channel=channel, status=status, limit=limit, offset=offset)
+
+
+@people_router.post("/deliveries/{delivery_id}/retry", response_model=DeliveryOut,
+                    summary="Send a failed delivery again (its attempts start from zero)",
+                    responses=responses(401, 403, 404, 409, 422))
+async def post_retry(delivery_id: uuid.UUID, uow: UowDep, engine: EngineDep,
+                     principal: OpsDep) -> dict[str, Any]:
+    try:
+        await handle(RetryDelivery(delivery_id, principal.acting_as(["ops"])), uow)
+    except DeliveryNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except NotRetriable as exc:
+        raise HTTPException(409, str(exc)) from None
+    found = await views.delivery(engine, delivery_id)
+    assert found is not None  # nosec B101 # nothing deletes a delivery
+    return found
+
+
+class PersonOut(BaseModel):
+    id: str
+    name: str
+    roles: list[str]
+    email: str | None
+    webhook_url: str | None
+    has_webhook_secret: bool
+    updated_at: datetime
+
+
+class RowErrorOut(BaseModel):
+    row: int
+    key: str | None
+    reasons: list[str]
+    message: str
+
+
+class PeopleImportOut(BaseModel):
+    filename: str
+    dry_run: bool
+    rows_total: int
+    created: int
+    updated: int
+    unchanged: int
+    rejected: int
+    errors: list[RowErrorOut]
+    summary: str
+
+
+@people_router.get("/people", response_model=list[PersonOut],
+                   summary="The people directory the rules resolve against (no secrets)",
+                   responses=responses(401, 403, 422))
+async def get_people(engine: EngineDep, _: RulesReaderDep,
+                     role: Annotated[str | None, params.text("holders of this role")] = None,
+                     limit: Annotated[int, params.limit(500)] = 100,
+                     offset: params.Offset = 0) -> list[dict[str, Any]]:
+    return await views.people(engine, role=role, limit=limit, offset=offset)
+
+
+@people_router.post("/people/imports", response_model=PeopleImportOut,
+                    summary="Load people from a CSV (id,name,roles,email,webhook_url,"
+                            "webhook_secret); bad rows reported, changed rows written",
+                    responses=responses(400, 401, 403, 413, 422))
+async def post_people_import(
+    request: Request, uow: UowDep, principal: OpsDep,
+    file: Annotated[UploadFile, File(description="CSV with a header row")],
+    dry_run: Annotated[bool, Form(description="check and count, write nothing")] = False,
+) -> dict[str, Any]:
+    limit = request.app.state.runtime.settings.people_import_max_bytes
+    content = await file.read(limit + 1)
+    if len(content) > limit:
+        raise HTTPException(413, f"the file is larger than {limit} bytes")
+    name = file.filename or "upload"
+    try:
+        report = await handle(ImportPeople(name, content, principal.acting_as(["ops"]), dry_run),
+                              uow)
+    except UnreadablePeopleFile as exc:
+        raise HTTPException(400, f"{name}: {exc}") from None
+    return {"filename": name, "dry_run": dry_run, "rows_total": report.rows_total,
+            "created": report.created, "updated": report.updated,
+            "unchanged": report.unchanged, "rejected": len(report.problems),
+            "errors": [p.as_dict() for p in report.problems], "summary": report.summary()}

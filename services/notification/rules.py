@@ -1,10 +1,12 @@
 """The notification rules file: loaded once at start, validated, or the service does not start.
 
-The file is JSON: `{"version": 1, "rules": [{id, on, when?, notify, channels, title, body}]}`.
-`on` is an event type the dispatch service publishes; `when` maps data fields to a value or
-`{"in": [...]}`; `notify` names `role:<role>`, `user:<id>`, `owner` (an exception's owner) or
-`requester` (who asked for an approval); `channels` are those built (`inbox`); `title` and
-`body` are templates over the event's data (`$reason_code`).
+The file is JSON: `{"version": 1, "rules": [{id, on, when?, notify, channels, title, body,
+html?}]}`. `on` is an event type the dispatch or order service publishes; `when` maps data
+fields to a value or `{"in": [...]}`; `notify` names `role:<role>`, `user:<id>`, `owner` (an
+exception's owner), `requester` (who asked for an approval) or `source` (the outside system
+that submitted an order); `channels` are `inbox`, `email`, `webhook`; `title`, `body` (plain
+text) and `html` are Jinja2 templates over the event's data (`{{ reason_code }}`), sandboxed.
+The service's queue binds exactly the `on` event types of the rules (`rule_events`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # The dispatch workflow table drives the rules' event names (DESIGN.md): a rule may be keyed
-# only on an event the dispatch service's table makes it publish.
+# only on an event a service's publishers name — the dispatch workflow's, and the order
+# service's outcomes (`order.rejected` → the submitting system).
 from services.dispatch.publishers import PUBLISHED as DISPATCH_EVENTS
 from services.notification.domain import CHANNELS, EVENT_RECIPIENTS, Rule
+from services.notification.templates import TemplateError, Templates
+from services.order.publishers import PUBLISHED as ORDER_EVENTS
 from shared.domain import ROLES
+
+KNOWN_EVENTS = frozenset(DISPATCH_EVENTS) | frozenset(ORDER_EVENTS)
 
 DEFAULT_RULES = Path(__file__).with_name("rules") / "default.json"
 RULES_VERSION = 1
@@ -44,14 +51,15 @@ class _Rule(BaseModel):
     notify: list[str] = Field(min_length=1)
     channels: list[Literal[CHANNELS]] = Field(min_length=1)  # type: ignore[valid-type]
     title: str = Field(min_length=1, max_length=200)
-    body: str = Field(default="", max_length=2000)
+    body: str = Field(default="", max_length=4000)
+    html: str | None = Field(default=None, max_length=20000)
 
     @field_validator("on")
     @classmethod
     def _published(cls, value: str) -> str:
-        if value not in DISPATCH_EVENTS:
-            raise ValueError(f"{value!r} is not an event Spine publishes to this service; "
-                             f"one of {sorted(DISPATCH_EVENTS)}")
+        if value not in KNOWN_EVENTS:
+            raise ValueError(f"{value!r} is not an event Spine publishes; "
+                             f"one of {sorted(KNOWN_EVENTS)}")
         return value
 
     @field_validator("notify")
@@ -88,10 +96,20 @@ def load_rules(path: Path = DEFAULT_RULES) -> list[Rule]:
     ids = [r.id for r in parsed.rules]
     if twice := sorted({i for i in ids if ids.count(i) > 1}):
         raise RulesError(f"notification rules {path}: rule ids {twice} are used twice")
-    return [Rule(id=r.id, on=r.on, notify=tuple(r.notify), channels=tuple(r.channels),
-                 title=r.title, body=r.body,
-                 when={k: {"in": v.in_} if isinstance(v, _In) else v for k, v in r.when.items()})
-            for r in parsed.rules]
+    rules = [Rule(id=r.id, on=r.on, notify=tuple(r.notify), channels=tuple(r.channels),
+                  title=r.title, body=r.body, html=r.html,
+                  when={k: {"in": v.in_} if isinstance(v, _In) else v for k, v in r.when.items()})
+             for r in parsed.rules]
+    try:
+        Templates(rules)  # a template that does not compile stops the start as a bad field does
+    except TemplateError as exc:
+        raise RulesError(f"notification rules {path}: {exc}") from None
+    return rules
+
+
+def rule_events(rules: list[Rule]) -> list[str]:
+    """The event types the rules are keyed on: the notification queue's binding keys."""
+    return sorted({rule.on for rule in rules})
 
 
 def _first_problem(raw: Any, exc: ValidationError) -> str:

@@ -4,38 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import RabbitBroker, RabbitQueue
 
-from services.notification.domain import ObservedEvent, Rule, aggregate_of
+from services.notification.domain import ObservedEvent, Render, Rule, aggregate_of
 from services.notification.handlers import RecordEvent, handle
 from services.notification.unit_of_work import NotificationUnitOfWork
 from shared.contracts.envelope import LooseEnvelope
-from shared.messaging.topology import Topology, consumer_queue
+from shared.messaging.topology import Topology, binding_keys
 
 SERVICE = "notification"
+PURPOSE = "events"
+
+
+def events_queue(topology: Topology, keys: Sequence[str]) -> RabbitQueue:
+    """The service's one quorum queue, bound (by the subscriber) to the first of `keys`; the
+    runtime binds the rest at start (`Runtime.bindings`)."""
+    return topology.queue(SERVICE, PURPOSE, keys[0])
 
 
 def register(broker: RabbitBroker, topology: Topology, uow: NotificationUnitOfWork,
-             rules: Sequence[Rule] = ()) -> None:
-    """Subscribe the notification service's consumers, one quorum queue per purpose."""
+             rules: Sequence[Rule] = (), render: Render | None = None,
+             keys: Sequence[str] | None = None) -> None:
+    """Subscribe the notification service's consumer: the events its rules are keyed on
+    (`keys`; by default those of the default rules, as the registry lists them)."""
     kept = tuple(rules)
-    # Only dispatch events (the registry's table): the rules are keyed on the dispatch
-    # workflow, and each binding costs a consume and a transaction per order. What nobody
-    # binds goes to the unrouted queue, so no binding here exists just to make events routable.
-    dispatch_queue = consumer_queue(topology, SERVICE, "events")
+    queue = events_queue(topology, keys or binding_keys(SERVICE, PURPOSE))
 
     # Loose envelopes: a payload this service does not understand yet is still worth keeping;
     # a broken envelope is dead-lettered with its reason.
-    @broker.subscriber(dispatch_queue, topology.events, no_reply=True,
-                       title="notification/dispatch.#")
-    async def on_dispatch_event(event: LooseEnvelope) -> None:
-        """A dispatch was created, moved, held or corrected: keep the event for the rules."""
-        await handle(_command(event, dispatch_queue.name, kept), uow)
+    @broker.subscriber(queue, topology.events, no_reply=True, title="notification/events")
+    async def on_event(event: LooseEnvelope) -> None:
+        """An event a rule is keyed on: keep it, and queue whom the rules name."""
+        await handle(_command(event, queue.name, kept, render), uow)
 
 
-def _command(event: LooseEnvelope, consumer: str, rules: tuple[Rule, ...] = ()) -> RecordEvent:
+def _command(event: LooseEnvelope, consumer: str, rules: tuple[Rule, ...],
+             render: Render | None) -> RecordEvent:
+    extra = {"render": render} if render is not None else {}
     return RecordEvent(
-        consumer=consumer, rules=rules,
+        consumer=consumer, rules=rules, **extra,
         event=ObservedEvent(
             event_id=event.event_id,
             type=event.type,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from shared.db.engine import new_metadata
 from shared.db.plumbing import plumbing_tables
@@ -51,10 +51,30 @@ notification_delivery = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("title", sa.Text, nullable=False),
     sa.Column("body", sa.Text, nullable=False),
+    sa.Column("html", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
               server_default=sa.func.now()),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Column("read_at", sa.DateTime(timezone=True)),
+    # When the sender may next try a pending one (also the lease of a claimed attempt).
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("event_id", "recipient", "channel"),
     sa.Index("ix_notification_delivery_recipient", "recipient", "channel", "created_at"),
+    sa.Index("ix_notification_delivery_due", "channel", "next_attempt_at",
+             postgresql_where=sa.text("status = 'pending'")),
+    sa.Index("ix_notification_delivery_event_id", "event_id"),
+)
+
+# The people directory the rules resolve against; imported from a CSV, changed rows only.
+person = sa.Table(
+    "person",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("roles", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("email", sa.Text),
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_secret", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
 )

@@ -8,8 +8,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.notification import publishers
 from services.notification.repository import (
+    DeliveryRepository,
     ObservedEventRepository,
+    PeopleRepository,
+    SqlAlchemyDeliveryRepository,
     SqlAlchemyObservedEventRepository,
+    SqlAlchemyPeopleRepository,
 )
 from services.notification.tables import metadata
 from shared.uow import ConnTransaction, SqlAlchemyUnitOfWork, Transaction, UnitOfWork
@@ -18,15 +22,19 @@ NAME = "notification"
 
 
 class NotificationTransaction(Transaction):
-    """What a notification handler works with: `tx.observed`."""
+    """What a notification handler works with: `tx.observed`, `tx.deliveries`, `tx.people`."""
 
     observed: ObservedEventRepository
+    deliveries: DeliveryRepository
+    people: PeopleRepository
 
 
 class SqlNotificationTransaction(ConnTransaction, NotificationTransaction):
     def __init__(self, conn: AsyncConnection, **context: Any) -> None:
         super().__init__(conn, **context)
         self.observed = SqlAlchemyObservedEventRepository(conn)
+        self.deliveries = SqlAlchemyDeliveryRepository(conn)
+        self.people = SqlAlchemyPeopleRepository(conn)
 
 
 NotificationUnitOfWork = UnitOfWork[NotificationTransaction]

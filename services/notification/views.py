@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.notification.tables import notification_delivery, observed_event
+from services.notification.tables import notification_delivery, observed_event, person
 
 
 async def list_events(
@@ -71,6 +71,26 @@ async def deliveries(engine: AsyncEngine, *, event_id: uuid.UUID | None, recipie
                           (_d.c.channel, channel), (_d.c.status, status)):
         if value is not None:
             query = query.where(column == value)
+    async with engine.connect() as conn:
+        rows = await conn.execute(query.limit(limit).offset(offset))
+        return [dict(r) for r in rows.mappings()]
+
+
+async def delivery(engine: AsyncEngine, delivery_id: uuid.UUID) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(_d).where(_d.c.id == delivery_id))).mappings().first()
+        return dict(row) if row else None
+
+
+async def people(engine: AsyncEngine, *, role: str | None, limit: int,
+                 offset: int) -> list[dict[str, Any]]:
+    """The directory by id, without the secrets (only whether a webhook has one)."""
+    p = person
+    query = sa.select(p.c.id, p.c.name, p.c.roles, p.c.email, p.c.webhook_url,
+                      p.c.webhook_secret.is_not(None).label("has_webhook_secret"),
+                      p.c.updated_at).order_by(p.c.id)
+    if role is not None:
+        query = query.where(sa.literal(role) == sa.any_(p.c.roles))
     async with engine.connect() as conn:
         rows = await conn.execute(query.limit(limit).offset(offset))
         return [dict(r) for r in rows.mappings()]

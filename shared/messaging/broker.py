@@ -10,7 +10,7 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 
 from shared.messaging.delivery import DeliveryPolicy
 from shared.messaging.provenance import DEVELOPMENT, Senders
-from shared.messaging.topology import Topology, consumer_queues
+from shared.messaging.topology import Topology, binding_keys, consumer_queues
 from shared.messaging.tracing import TracingPolicy
 
 
@@ -37,6 +37,9 @@ def make_broker(
         queues = consumer_queues(topology, service)
     delivery = DeliveryPolicy(topology, queues, senders=senders, retry_limit=retry_limit,
                               max_message_bytes=max_message_bytes, hold_max_s=hold_max_s)
+    for queue in queues:  # a queue bound to several keys (the notification service's)
+        purpose = queue.name.removeprefix(f"{topology.namespace}.{service}.")
+        delivery.add_bindings(queue.name, binding_keys(service, purpose))
     broker = RabbitBroker(
         amqp_url,
         app_id=service,

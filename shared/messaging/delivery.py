@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import json
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -189,11 +188,9 @@ class DeliveryPolicy:
         self.max_message_bytes = max_message_bytes
         self.retry_base_s = retry_base_s
         self.hold_max_s = hold_max_s
-        self.bindings = [(queue.name, queue.routing()) for queue in queues]
-        for (one, key), (other, other_key) in itertools.combinations(self.bindings, 2):
-            if bindings_overlap(key, other_key):
-                raise ValueError(f"queues {one} ({key}) and {other} ({other_key}) can both "
-                                 "receive one routing key")
+        self.bindings: list[tuple[str, str]] = []
+        for queue in queues:
+            self.add_bindings(queue.name, [queue.routing()])
         self.answers: dict[str, Answer] = {}
         self.limits: dict[str, RateLimiter] = {}
         # Messages held right now, waiting for a dependency; `/readyz` reads it.
@@ -202,6 +199,16 @@ class DeliveryPolicy:
 
     def __call__(self, msg: Any, /, *, context: Any) -> _Delivery:
         return _Delivery(msg, context=context, policy=self)
+
+    def add_bindings(self, queue: str, keys: Iterable[str]) -> None:
+        """Binding keys of `queue` (a queue may be bound to several event types)."""
+        for key in keys:
+            for other, other_key in self.bindings:
+                if other != queue and bindings_overlap(key, other_key):
+                    raise ValueError(f"queues {queue} ({key}) and {other} ({other_key}) can "
+                                     "both receive one routing key")
+            if (queue, key) not in self.bindings:
+                self.bindings.append((queue, key))
 
     def answer_on(self, queue: str, answer: Answer) -> None:
         """Answer the senders of messages refused on `queue` (an outside systems' queue)."""

@@ -111,20 +111,25 @@ def known_queues(namespace: str = "spine") -> list[str]:
     return [
         topology.queue_name(service, purpose)
         for service, queues in CONSUMER_QUEUES.items()
-        for purpose, _ in queues
+        for purpose in dict(queues)
     ]
 
 
+def binding_keys(service: str, purpose: str) -> tuple[str, ...]:
+    """Every binding key of one consumer queue, as CONSUMER_QUEUES lists them."""
+    return tuple(key for p, key in CONSUMER_QUEUES.get(service, []) if p == purpose)
+
+
 def consumer_queue(topology: Topology, service: str, purpose: str) -> RabbitQueue:
-    """The quorum queue of `service` for `purpose`, bound as CONSUMER_QUEUES says."""
-    keys = dict(CONSUMER_QUEUES[service])
-    return topology.queue(service, purpose, keys[purpose])
+    """The quorum queue of `service` for `purpose`, with its first binding key (the rest are
+    bound by `declare_all` and by the service at start: `Runtime.bind_queues`)."""
+    return topology.queue(service, purpose, binding_keys(service, purpose)[0])
 
 
 def consumer_queues(topology: Topology, service: str) -> list[RabbitQueue]:
     """Every quorum queue `service` consumes (none for a service that only publishes)."""
-    return [topology.queue(service, purpose, key)
-            for purpose, key in CONSUMER_QUEUES.get(service, [])]
+    return [consumer_queue(topology, service, purpose)
+            for purpose in dict(CONSUMER_QUEUES.get(service, []))]
 
 
 def topic_matches(binding_key: str, routing_key: str) -> bool:
@@ -174,10 +179,11 @@ async def declare_all(channel: Any, topology: Topology) -> list[str]:
     )
     declared = [kept]
     for service, queues in CONSUMER_QUEUES.items():
-        for purpose, _ in queues:
+        for purpose in dict(queues):
             spec = consumer_queue(topology, service, purpose)
             queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
-            await queue.bind(events, routing_key=spec.routing())
+            for key in binding_keys(service, purpose):
+                await queue.bind(events, routing_key=key)
             dead = topology.dead_letter_queue(spec.name)
             dlq = await channel.declare_queue(dead.name, durable=True, arguments=dead.arguments)
             await dlq.bind(dlx, routing_key=dead.routing())

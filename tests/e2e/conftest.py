@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.message
+import email.policy
 import json
 import os
 import time
@@ -14,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import httpx
 import pytest
+from aiosmtpd.controller import Controller
 
 from shared.auth import JwtVerifier
 from shared.contracts.envelope import Actor, new_envelope
 from shared.messaging.permissions import broker_user
-from shared.stack import ROOT, IsolatedStack, StackError
+from shared.stack import ROOT, IsolatedStack, StackError, free_port
 from tests.conftest import Servers, unique_name
 
 __all__ = ["ROOT", "Stack", "running_stack"]
@@ -32,6 +37,8 @@ class Stack(IsolatedStack):
     connection: aio_pika.abc.AbstractRobustConnection | None = None
     watch: aio_pika.abc.AbstractQueue | None = None
     seen: list[dict[str, Any]] = field(default_factory=list)
+    # Every mail the notification service sent: the stack's SMTP server is a real one (aiosmtpd).
+    mails: list[email.message.EmailMessage] = field(default_factory=list)
     # Every token the tests sent: none may ever appear in a service's log.
     tokens: list[str] = field(default_factory=list)
 
@@ -101,13 +108,18 @@ async def running_stack(servers: Servers, namespace: str, log_dir: Path) -> Asyn
 
     On the way out every service must stop by itself, cleanly, without a traceback.
     """
+    smtp_port = free_port()
     stack = Stack(
         namespace=namespace, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
         log_dir=log_dir, secret=os.environ["SPINE_JWT_SECRET"],
         # Two stacks can be up at once (the session's and a module's); at the default pool size
         # they could take every connection of a stock PostgreSQL (max_connections = 100).
-        extra_env={"SPINE_DB_POOL_SIZE": "6"},
+        # The notification service mails through this stack's own SMTP server, checking often.
+        extra_env={"SPINE_DB_POOL_SIZE": "6", "SPINE_SMTP_HOST": "127.0.0.1",
+                   "SPINE_SMTP_PORT": str(smtp_port), "SPINE_SENDER_INTERVAL_S": "0.2"},
     )
+    smtp = Controller(_Mailbox(stack.mails), hostname="127.0.0.1", port=smtp_port)
+    smtp.start()
     problems: list[str] = []
     try:
         try:
@@ -122,12 +134,14 @@ async def running_stack(servers: Servers, namespace: str, log_dir: Path) -> Asyn
         stack.watch = await channel.declare_queue(watch_name, durable=True, auto_delete=False)
         await stack.watch.bind(stack.exchange, "#")
         await _load_reference_data(stack)
+        await _load_people(stack)
         yield stack
     finally:
         problems = await stack.stop()
         if stack.connection is not None:
             await stack.connection.close()
         await stack.cleanup()
+        smtp.stop()
     assert not problems, f"{problems}\n{stack.log_text()}"
 
 
@@ -147,6 +161,28 @@ async def module_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactor
     """A stack for one test module alone, for tests that read whole databases and every queue."""
     async with running_stack(servers, unique_name(), tmp_path_factory.mktemp("stack-logs")) as running:
         yield running
+
+
+class _Mailbox:
+    """aiosmtpd handler: keeps every mail it is given."""
+
+    def __init__(self, mails: list[email.message.EmailMessage]) -> None:
+        self.mails = mails
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.mails.append(email.message_from_bytes(  # type: ignore[arg-type]
+            envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+
+async def _load_people(stack: Stack) -> None:
+    """The sample people directory (owners, supervisors, sales with e-mail addresses)."""
+    async with httpx.AsyncClient(base_url=stack.url("notification"), timeout=30) as client:
+        loaded = await client.post(
+            "/people/imports", headers=stack.headers("ops"),
+            files={"file": ("people.csv", (ROOT / "samples/people.csv").read_bytes())})
+    if loaded.status_code != 200 or loaded.json()["rejected"]:
+        raise AssertionError(f"people import: {loaded.status_code} {loaded.text[:300]}")
 
 
 async def _load_reference_data(stack: Stack) -> None:

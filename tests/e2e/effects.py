@@ -45,6 +45,11 @@ async def _fetch(stack: Stack, service: str, query: str, *args: Any) -> list[asy
         await conn.close()
 
 
+def notification_observes(routing_key: str) -> bool:
+    """Whether the notification service's queue is bound to `routing_key` (its rules name it)."""
+    return any(topic_matches(key, routing_key) for _, key in CONSUMER_QUEUES["notification"])
+
+
 def _consumers_of(namespace: str, routing_key: str) -> list[str]:
     """The consuming queues the events exchange routes `routing_key` to."""
     topology = Topology(namespace)
@@ -123,9 +128,9 @@ async def settled(stack: Stack, correlation_id: str, observed: Counter[str], *,
     while True:
         found = await journey(stack, correlation_id)
         drained = not any((await unsent_outbox(stack)).values())
-        # The notification service observes dispatch.# only: wait for those of `observed`.
+        # The notification service observes the event types its rules name: wait for those.
         if drained and all(found.observed[t] >= n for t, n in observed.items()
-                           if t.startswith("dispatch.")):
+                           if notification_observes(t)):
             break
         if time.monotonic() > deadline:
             return found  # the caller's assertions say what is missing

@@ -193,7 +193,9 @@ async def _to_picking_from_released(client: httpx.AsyncClient, stack: Stack,
     assert moved.status_code == 200, moved.text
 
 
-async def test_an_exception_opened_over_http_reaches_its_owners_inbox_once(stack: Stack) -> None:
+async def test_an_exception_opened_over_http_mails_its_owner_once_and_fills_their_inbox(
+    stack: Stack,
+) -> None:
     dispatch_id = await _dispatch_of_new_order(stack)
     async with httpx.AsyncClient(base_url=stack.url("dispatch"), timeout=10) as client:
         opened = await client.post(f"/dispatches/{dispatch_id}/exceptions", json={
@@ -202,16 +204,25 @@ async def test_an_exception_opened_over_http_reaches_its_owners_inbox_once(stack
             headers=stack.headers("planner"))
         assert opened.status_code == 201, opened.text
     [event] = await stack.events(_of(dispatch_id, "dispatch.exception.opened"))
+    [delivered] = await stack.events(
+        lambda e: e["type"] == "notification.delivered"
+        and e["data"]["event_id"] == event["event_id"])
+    assert delivered["causation_id"] == event["event_id"]
     async with httpx.AsyncClient(base_url=stack.url("notification"), timeout=10) as client:
-        for _ in range(100):
-            deliveries = (await client.get("/deliveries", params={"event_id": event["event_id"]},
-                                           headers=stack.headers("ops"))).json()
-            if deliveries:
-                break
-            await asyncio.sleep(0.1)
-        assert [(d["recipient"], d["channel"], d["status"]) for d in deliveries] == [
-            ("user:u-nora", "inbox", "sent")]
+        deliveries = (await client.get("/deliveries", params={"event_id": event["event_id"]},
+                                       headers=stack.headers("ops"))).json()
+        assert sorted((d["recipient"], d["channel"], d["status"], d["event_id"])
+                      for d in deliveries) == [
+            ("user:u-nora", "email", "sent", event["event_id"]),
+            ("user:u-nora", "inbox", "sent", event["event_id"])]
         inbox = (await client.get("/inbox", headers=stack.headers("warehouse", sub="u-nora"))
                  ).json()
     assert [e["event_id"] for e in inbox["entries"]] == [event["event_id"]]
     assert inbox["unread"] == 1
+    await asyncio.sleep(1.0)  # a second mail would have come by now
+    mails = [m for m in stack.mails if m["X-Spine-Event-Id"] == event["event_id"]]
+    [mail] = mails
+    [email_delivery] = [d for d in deliveries if d["channel"] == "email"]
+    assert mail["To"] == "nora.lind@plant.example"
+    assert mail["Message-ID"] == f"<{email_delivery['id']}@spine.local>"
+    assert delivered["data"]["delivery_id"] == email_delivery["id"]

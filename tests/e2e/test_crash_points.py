@@ -24,7 +24,7 @@ import pytest
 from shared.contracts.envelope import Actor, new_envelope
 from shared.crashpoints import CrashPoint
 from tests.e2e.conftest import ROOT, Stack
-from tests.e2e.effects import Journey, assert_nothing_left_over, settled
+from tests.e2e.effects import Journey, assert_nothing_left_over, notification_observes, settled
 from tests.e2e.test_order_to_shipped import sample_order
 
 Move = tuple[str, str | None, str | None]  # audit action, from state, to state
@@ -65,9 +65,9 @@ def assert_one_journey(found: Journey, *, dispatch_audit: list[Move], events: Co
     assert len(found.dispatches) == 1, found.dispatches
     assert found.dispatch_audit == dispatch_audit
     assert found.published == events
-    # The notification service keeps every order.* and dispatch.* event: each once.
-    # The notification service binds dispatch.# only.
-    assert found.observed == Counter({t: n for t, n in events.items() if t.startswith("dispatch.")})
+    # The notification service keeps, once each, the events its rules name (and no other).
+    assert found.observed == Counter({t: n for t, n in events.items()
+                                      if notification_observes(t)})
     assert found.inbox == found.expected_inbox
 
 

@@ -276,6 +276,11 @@ async def _customers_import(_: Service, __: str) -> Call:
     return Call("POST", "/imports", {"files": {"file": ("customers.csv", content, "text/csv")}})
 
 
+async def _people_import(_: Service, __: str) -> Call:
+    content = b"id,name,roles,email\nu-matrix,Matrix Person,sales,matrix@plant.example\n"
+    return Call("POST", "/people/imports", {"files": {"file": ("people.csv", content, "text/csv")}})
+
+
 def _dead_letter_queue_of(svc: Service) -> str:
     """A queue the service consumes (its dead letters are what the routes operate on)."""
     queues = consumer_queues(svc.runtime.topology, svc.name)
@@ -332,6 +337,10 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("notification", "GET", "/inbox"): _fixed("GET", "/inbox"),
     ("notification", "POST", "/inbox/{delivery_id}/read"):
         _fixed("POST", f"/inbox/{_some_id()}/read"),
+    ("notification", "POST", "/deliveries/{delivery_id}/retry"):
+        _fixed("POST", f"/deliveries/{_some_id()}/retry"),
+    ("notification", "GET", "/people"): _fixed("GET", "/people"),
+    ("notification", "POST", "/people/imports"): _people_import,
     ("erp_adapter", "POST", "/imports"): _customers_import,
     ("erp_adapter", "GET", "/imports"): _fixed("GET", "/imports"),
     ("erp_adapter", "GET", "/imports/{run_id}"): _fixed("GET", f"/imports/{_some_id()}"),

@@ -351,3 +351,32 @@ async def test_erp_import_of_the_samples_fills_a_fresh_erp_database_and_waits_fo
     again = await spine("erp", "import", SAMPLES[0], "--dry-run")
     assert again.code == 0
     assert "0 new, 0 updated, 5 unchanged" in again.out
+
+
+# --------------------------------------------------------------------------- notification people
+
+
+async def test_notification_people_import_loads_the_directory_and_reports_bad_rows(
+    spine: Spine, servers: Servers, namespace: str, prefix_cleanup: None, tmp_path: Path,
+) -> None:
+    missing = await spine("notification", "people", "import", str(ROOT / "samples/people.csv"))
+    assert missing.code == 3, missing.err
+    assert (await spine("db", "setup", "--service", "notification")).code == 0
+    ran = await spine("notification", "people", "import", str(ROOT / "samples/people.csv"))
+    assert (ran.code, ran.out.strip()) == (
+        0, "people.csv: 6 rows — 6 new, 0 updated, 0 unchanged, 0 rejected"), ran.err
+    bad = tmp_path / "more.csv"
+    bad.write_text("id,name,roles,email\nu-nora,Nora Lind,warehouse,nora@new.example\n"
+                   "u-x,X,boss,\n")
+    again = await spine("notification", "people", "import", str(bad))
+    assert again.code == 1
+    assert again.out.splitlines() == [
+        "more.csv: 2 rows — 0 new, 1 updated, 0 unchanged, 1 rejected",
+        "  row 3: unknown role(s) ['boss']; roles are "
+        "['sales', 'planner', 'warehouse', 'shipping', 'supervisor', 'integration', 'ops']"]
+    conn = await asyncpg.connect(f"{servers.pg_url}/{namespace}_notification")
+    try:
+        assert await conn.fetchval("SELECT email FROM person WHERE id = 'u-nora'") == \
+            "nora@new.example"
+    finally:
+        await conn.close()

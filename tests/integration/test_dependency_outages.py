@@ -52,15 +52,15 @@ class Service:
         queue = await self.channel.declare_queue(self.queue(purpose, dead=dead), passive=True)
         return int(queue.declaration_result.message_count or 0)
 
-    async def publish_created(self, n: int) -> list[str]:
+    async def publish_shipped(self, n: int) -> list[str]:
         exchange = await self.channel.get_exchange(f"{self.settings.namespace}.events")
         ids = []
         for _ in range(n):
             dispatch_id = str(uuid.uuid4())
             envelope = new_envelope(
-                type="dispatch.created", producer="dispatch",
+                type="dispatch.shipped", producer="dispatch",
                 data={"dispatch_id": dispatch_id, "order_id": f"o-{dispatch_id[:8]}",
-                      "version": 1, "status": "pending"},
+                      "version": 1, "status": "shipped"},
                 actor=Actor(id="dispatch", role="system"),
             )
             await exchange.publish(
@@ -68,7 +68,7 @@ class Service:
                                  message_id=envelope["event_id"],
                                  user_id=broker_user(self.settings.amqp_url),
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key="dispatch.created", mandatory=True,
+                routing_key="dispatch.shipped", mandatory=True,
             )
             ids.append(envelope["event_id"])
         return ids
@@ -156,12 +156,12 @@ async def test_a_database_outage_holds_messages_and_loses_or_dead_letters_none(
     service = await new_service(through="pg")
     proxy = proxies["pg"]
     async with running(service.settings) as (_, client):
-        before = await service.publish_created(20)
+        before = await service.publish_shipped(20)
         await until(lambda: _equals(service.stored(before), 20))
 
         proxy.refusing = True
         proxy.cut()
-        during = await service.publish_created(30)
+        during = await service.publish_shipped(30)
         await asyncio.sleep(1.0)
         status, checks = await readiness(client)
         assert status == 503
@@ -191,7 +191,7 @@ async def test_a_service_started_while_the_broker_is_down_waits_for_it_then_cons
 
         proxy.refusing = False
         await asyncio.wait_for(runtime.started(), timeout=30)
-        ids = await service.publish_created(5)
+        ids = await service.publish_shipped(5)
         await until(lambda: _equals(service.stored(ids), 5))
         await until(lambda: _ready(client))
 

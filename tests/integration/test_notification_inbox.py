@@ -90,6 +90,15 @@ class Notification:
 async def notification(
     monkeypatch: pytest.MonkeyPatch, servers: Servers
 ) -> AsyncIterator[Notification]:
+    async with isolated_notification(monkeypatch, servers) as made:
+        yield made
+
+
+@asynccontextmanager
+async def isolated_notification(
+    monkeypatch: pytest.MonkeyPatch, servers: Servers
+) -> AsyncIterator[Notification]:
+    """A notification service's settings on a fresh database and namespace, removed after."""
     unique = f"notiftest_{uuid.uuid4().hex[:8]}"
     for key, value in {
         "SPINE_PG_URL": servers.pg_url,
@@ -122,14 +131,14 @@ async def notification(
             await connection.close()
 
 
-def dispatch_created(
+def dispatch_shipped(
     dispatch_id: str, order_id: str, correlation_id: uuid.UUID | None = None
 ) -> dict[str, Any]:
     return new_envelope(
-        type="dispatch.created",
+        type="dispatch.shipped",
         producer="dispatch",
         data={"dispatch_id": dispatch_id, "order_id": order_id, "version": 1,
-              "status": "pending"},
+              "status": "shipped"},
         actor=Actor(id="dispatch", role="system"),
         correlation_id=correlation_id,
     )
@@ -139,8 +148,8 @@ def dispatch_created(
 
 
 async def test_a_message_delivered_twice_is_stored_once(notification: Notification) -> None:
-    event = dispatch_created("d-1", "o-1")
-    later = dispatch_created("d-2", "o-2")
+    event = dispatch_shipped("d-1", "o-1")
+    later = dispatch_shipped("d-2", "o-2")
     async with notification.service():
         await notification.publish_event(event)
         await notification.publish_event(event)  # the same message again, as a redelivery
@@ -157,7 +166,7 @@ async def test_a_message_delivered_twice_is_stored_once(notification: Notificati
         "correlation_id::text FROM observed_event ORDER BY aggregate_id"
     )
     assert [dict(r) for r in rows] == [
-        {"event_id": e["event_id"], "type": "dispatch.created", "aggregate_type": "dispatch",
+        {"event_id": e["event_id"], "type": "dispatch.shipped", "aggregate_type": "dispatch",
          "aggregate_id": d, "aggregate_version": 1, "correlation_id": e["correlation_id"]}
         for e, d in ((event, "d-1"), (later, "d-2"))
     ]
@@ -172,8 +181,8 @@ async def test_a_message_that_breaks_the_envelope_goes_to_the_dead_letter_queue_
     notification: Notification,
 ) -> None:
     async with notification.service():
-        await notification.publish("dispatch.created", b"this is not json", "garbage-1")
-        await notification.publish("dispatch.created", b'{"type": "dispatch.created"}', "garbage-2")
+        await notification.publish("dispatch.shipped", b"this is not json", "garbage-1")
+        await notification.publish("dispatch.shipped", b'{"type": "dispatch.shipped"}', "garbage-2")
         dlq = await notification.channel.declare_queue(
             f"{notification.queue('events')}.dlq", passive=True
         )
@@ -198,15 +207,15 @@ async def test_a_message_that_breaks_the_envelope_goes_to_the_dead_letter_queue_
 async def test_ops_and_supervisors_can_list_observed_events_by_correlation_and_type(
     notification: Notification,
 ) -> None:
-    event = dispatch_created("d-7", "o-7")
+    event = dispatch_shipped("d-7", "o-7")
     released = new_envelope(
-        type="dispatch.released",
+        type="dispatch.corrected",
         producer="dispatch",
-        data={"dispatch_id": "d-7", "order_id": "o-7", "version": 2, "status": "released"},
+        data={"dispatch_id": "d-7", "order_id": "o-7", "version": 2, "status": "shipped"},
         actor=Actor(id="u-1", role="planner"),
         correlation_id=uuid.UUID(event["correlation_id"]),
     )
-    unrelated = dispatch_created("d-8", "o-8")
+    unrelated = dispatch_shipped("d-8", "o-8")
     async with notification.service() as client:
         for envelope in (unrelated, released, event):  # arrival order is not history
             await notification.publish_event(envelope)
@@ -217,13 +226,33 @@ async def test_ops_and_supervisors_can_list_observed_events_by_correlation_and_t
                                            "order": "asc"})
         assert journey.status_code == 200, journey.text
         assert [(e["type"], e["aggregate_type"], e["aggregate_id"]) for e in journey.json()] == [
-            ("dispatch.created", "dispatch", "d-7"), ("dispatch.released", "dispatch", "d-7")
+            ("dispatch.shipped", "dispatch", "d-7"), ("dispatch.corrected", "dispatch", "d-7")
         ]
         by_type = await client.get("/events", headers=notification.token("supervisor"),
-                                   params={"type": "dispatch.created", "limit": 1})
+                                   params={"type": "dispatch.shipped", "limit": 1})
         assert [e["event_id"] for e in by_type.json()] == [unrelated["event_id"]]
         for headers, status in (({}, 401), (notification.token("sales"), 403)):
             assert (await client.get("/events", headers=headers)).status_code == status
+
+
+async def test_the_queue_binds_the_events_the_rules_name_and_no_other(
+    notification: Notification,
+) -> None:
+    async with notification.service():
+        # Bound at start from the rules: every `on`, the order service's order.rejected too.
+        rejected = new_envelope(type="order.rejected", producer="order", data={
+            "external_ref": "PO-1", "source": "mes", "reasons": ["no lines"]},
+            actor=Actor(id="order", role="system"))
+        await notification.publish_event(rejected)
+        await notification.wait_for("SELECT count(*) = 1 FROM observed_event WHERE type = $1",
+                                    "order.rejected")
+        # An event no rule names is routed to no queue of this service (no alternate exchange
+        # in this namespace: the mandatory publish comes back).
+        created = new_envelope(type="dispatch.created", producer="dispatch", data={
+            "dispatch_id": "d-1", "order_id": "o-1", "version": 1, "status": "pending"},
+            actor=Actor(id="dispatch", role="system"))
+        with pytest.raises(aio_pika.exceptions.PublishError, match="NO_ROUTE"):
+            await notification.publish_event(created)
 
 
 # --------------------------------------------------------------------------- rules and inbox

@@ -67,13 +67,13 @@ def test_the_topology_declares_the_queues_and_bindings_the_registry_lists() -> N
         "ns.dispatch.order-cancelled": "order.cancelled",
         "ns.dispatch.production-exception": "ext.*.production.exception",
         "ns.dispatch.dispatch-progress": "ext.*.dispatch.progress",
-        "ns.notification.events": "dispatch.#",
+        "ns.notification.events": "dispatch.approval.approved",
     }
     assert known_queues("ns") == list(expected)
     topology = Topology("ns")
     for service, queues in CONSUMER_QUEUES.items():
         assert queues == list(registry.get(service).consumer_queues)
-        for purpose, _ in queues:
+        for purpose in dict(queues):
             queue = consumer_queue(topology, service, purpose)
             assert queue.routing() == expected[queue.name]
 

@@ -8,7 +8,16 @@ from datetime import UTC, datetime
 import pytest
 
 from services.notification.domain import AggregateRef, EventObserved, ObservedEvent
-from services.notification.handlers import HANDLERS, RecordEvent, handle
+from services.notification.handlers import (
+    HANDLERS,
+    ClaimDue,
+    ImportPeople,
+    RecordAttemptFailed,
+    RecordEvent,
+    RecordSent,
+    RetryDelivery,
+    handle,
+)
 from shared.uow import Duplicate
 from tests.unit.notification.fakes import FakeNotification, fake_unit_of_work
 
@@ -84,4 +93,5 @@ async def test_the_same_event_through_a_second_queue_is_not_kept_twice(
 
 
 def test_every_command_has_exactly_one_handler() -> None:
-    assert set(HANDLERS) == {RecordEvent}
+    assert set(HANDLERS) == {RecordEvent, ClaimDue, RecordSent, RecordAttemptFailed,
+                             RetryDelivery, ImportPeople}

@@ -20,6 +20,9 @@ from tests.unit.notification.fakes import FakeNotification, fake_unit_of_work
 
 TOPOLOGY = Topology("unit")
 EVENTS_QUEUE = TOPOLOGY.queue_name("notification", "events")
+# The in-memory broker routes along the subscriber's own binding (the first of the rules'
+# event types); the runtime's other bindings are proven against RabbitMQ (integration tests).
+BOUND = "dispatch.approval.approved"
 
 
 def envelope(event_type: str, data: dict[str, Any], producer: str = "dispatch") -> dict[str, Any]:
@@ -48,23 +51,23 @@ def service() -> tuple[FakeNotification, RabbitBroker]:
 
 async def test_a_dispatch_event_is_kept_about_its_dispatch_through_the_events_queue() -> None:
     fake, broker = service()
-    body = envelope("dispatch.exception.opened",
-                    {"dispatch_id": "d-1", "order_id": "o-1", "version": 4, "exception_id": "x-9",
+    body = envelope(BOUND,
+                    {"dispatch_id": "d-1", "order_id": "o-1", "version": 4, "approval_id": "a-9",
                      "unknown_to_this_service": [1, 2]})
     async with TestRabbitBroker(broker) as test_broker:
-        await publish(test_broker, "dispatch.exception.opened", body)
+        await publish(test_broker, BOUND, body)
 
     [kept] = fake.observed.rows.values()
     assert (str(kept.event_id), kept.type, kept.producer, kept.actor_id, kept.actor_role) == (
-        body["event_id"], "dispatch.exception.opened", "dispatch", "u-7", "warehouse")
+        body["event_id"], BOUND, "dispatch", "u-7", "warehouse")
     assert kept.aggregate == AggregateRef("dispatch", "d-1", 4)
     assert kept.correlation_id == uuid.UUID(body["correlation_id"])
     assert kept.data["unknown_to_this_service"] == [1, 2]  # a loose envelope keeps all of it
     assert fake.uow.inbox == {(EVENTS_QUEUE, body["event_id"])}
 
 
-async def test_order_events_reach_no_notification_queue() -> None:
-    # Its rules are keyed on dispatch events; order.received with no outside listener is kept
+async def test_events_no_rule_names_reach_no_notification_queue() -> None:
+    # Its queue binds the rules' event types; order.received with no outside listener is kept
     # by the alternate exchange, not by a queue here that exists only to take it.
     fake, broker = service()
     body = envelope("order.received", {"order_id": "o-1", "version": 1}, producer="order")
@@ -76,7 +79,7 @@ async def test_order_events_reach_no_notification_queue() -> None:
 
 async def test_a_redelivered_message_is_acked_and_kept_once() -> None:
     fake, broker = service()
-    body = envelope("dispatch.created", {"dispatch_id": "d-1", "order_id": "o-1", "version": 1})
+    body = envelope(BOUND, {"dispatch_id": "d-1", "order_id": "o-1", "version": 1})
     dead: list[Any] = []
 
     @broker.subscriber(TOPOLOGY.dead_letter_queue(EVENTS_QUEUE), TOPOLOGY.dead_letters)
@@ -84,8 +87,8 @@ async def test_a_redelivered_message_is_acked_and_kept_once() -> None:
         dead.append(message)
 
     async with TestRabbitBroker(broker) as test_broker:
-        await publish(test_broker, "dispatch.created", body)
-        await publish(test_broker, "dispatch.created", body)
+        await publish(test_broker, BOUND, body)
+        await publish(test_broker, BOUND, body)
 
     assert len(fake.observed.rows) == 1 and fake.uow.commits == 1
     assert dead == []
@@ -104,7 +107,7 @@ async def test_reference_data_events_reach_no_notification_queue() -> None:
 
 @pytest.mark.parametrize(("raw", "reason"), [
     (b"this is not json", "body is not JSON"),
-    (b'{"type": "dispatch.created"}', "event_id"),
+    (b'{"type": "dispatch.approval.approved"}', "event_id"),
 ])
 async def test_a_message_that_breaks_the_envelope_is_dead_lettered_with_its_reason(
     raw: bytes, reason: str,
@@ -119,7 +122,7 @@ async def test_a_message_that_breaks_the_envelope_is_dead_lettered_with_its_reas
         dead.append(dict(message.headers))
 
     async with TestRabbitBroker(broker) as test_broker:
-        await publish(test_broker, "dispatch.created", raw, message_id="garbage-1")
+        await publish(test_broker, BOUND, raw, message_id="garbage-1")
 
     assert not fake.observed.rows and not fake.uow.inbox
     [headers] = dead
