@@ -9,6 +9,7 @@ queue's inbox once, every outbox row sent and no dead letter anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -139,6 +141,53 @@ async def test_a_message_handled_but_not_yet_acked_is_redelivered_and_takes_effe
     # The redelivered submission met its inbox row: no second order, no "duplicate" audit row.
     assert_one_journey(found, dispatch_audit=CREATED, events=JOURNEY_EVENTS)
     assert await inbox_rows(stack, "order", submission_id) == 1
+    await assert_nothing_left_over(stack)
+
+
+async def test_a_mail_sent_but_not_recorded_is_sent_again_under_its_message_id_and_recorded_once(
+    module_stack: Stack,
+) -> None:
+    stack = module_stack
+    correlation_id, _ = await submit(stack, f"MES-{uuid.uuid4().hex[:8]}")
+    found = await settled(stack, correlation_id, JOURNEY_EVENTS)
+    dispatch_id = str(found.dispatches[0]["id"])
+    # A short lease: the attempt the crash cuts short is taken again after it, not after 60 s.
+    lease = {"SPINE_SENDER_LEASE_S": "8", "SPINE_SMTP_TIMEOUT_S": "4"}
+    await assert_nothing_left_over(stack)
+    _, problem = await stack.terminate("notification")
+    assert problem is None, problem
+    await stack.respawn("notification", {"SPINE_CRASH_AT": "after-outbound-before-record", **lease})
+
+    async with httpx.AsyncClient(base_url=stack.url("dispatch"), timeout=30) as client:
+        opened = await client.post(f"/dispatches/{dispatch_id}/exceptions", json={
+            "reason_code": "stock_shortage", "owner": "u-nora", "blocking": False,
+            "due_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat()},
+            headers=stack.headers("planner"))
+        assert opened.status_code == 201, opened.text
+    # The SMTP server took the mail, then the service died before writing `sent`.
+    code = await stack.exited("notification", timeout_s=60)
+    assert code == -signal.SIGKILL, stack.log_tail("notification", 40)
+    [event] = await stack.events(lambda e: e["type"] == "dispatch.exception.opened"
+                                 and e["data"]["dispatch_id"] == dispatch_id)
+    assert len([m for m in stack.mails if m["X-Spine-Event-Id"] == event["event_id"]]) == 1
+    await stack.respawn("notification", lease)
+
+    [delivered] = await stack.events(lambda e: e["type"] == "notification.delivered"
+                                     and e["data"]["event_id"] == event["event_id"], timeout=60)
+    await asyncio.sleep(1.0)  # a third mail, or a second `delivered`, would have come by now
+    mails = [m for m in stack.mails if m["X-Spine-Event-Id"] == event["event_id"]]
+    # At least once, as documented: the same mail twice, under one Message-ID a mail system
+    # can deduplicate by; recorded once, delivered once, never lost.
+    assert len(mails) == 2 and mails[0]["Message-ID"] == mails[1]["Message-ID"], mails
+    assert mails[0]["Message-ID"] == f"<{delivered['data']['delivery_id']}@spine.local>"
+    assert delivered["data"]["attempts"] == 2
+    assert len([e for e in stack.seen if e["type"] == "notification.delivered"
+                and e["data"]["event_id"] == event["event_id"]]) == 1
+    async with httpx.AsyncClient(base_url=stack.url("notification"), timeout=10) as client:
+        deliveries = (await client.get("/deliveries", params={"event_id": event["event_id"]},
+                                       headers=stack.headers("ops"))).json()
+    assert sorted((d["channel"], d["status"], d["attempts"]) for d in deliveries) == [
+        ("email", "sent", 2), ("inbox", "sent", 1)], deliveries
     await assert_nothing_left_over(stack)
 
 
