@@ -72,7 +72,8 @@ async def broker_answers(amqp_url: str, timeout: float = 60.0) -> None:
 
 
 class Publisher:
-    """Publishes `dispatch.created` events as fast as the broker confirms them, through outages."""
+    """Publishes `dispatch.shipped` events (a type the notification rules name, so its queue is
+    bound to it) as fast as the broker confirms them, through outages."""
 
     def __init__(self, amqp_url: str, namespace: str) -> None:
         self.amqp_url = amqp_url
@@ -92,7 +93,7 @@ class Publisher:
             while not self._stop.is_set():
                 batch = [self._message() for _ in range(50)]
                 results = await asyncio.gather(
-                    *(exchange.publish(m, routing_key="dispatch.created", mandatory=True)
+                    *(exchange.publish(m, routing_key="dispatch.shipped", mandatory=True)
                       for m in batch),
                     return_exceptions=True,
                 )
@@ -110,9 +111,9 @@ class Publisher:
     def _message(self) -> aio_pika.Message:
         dispatch_id = str(uuid.uuid4())
         envelope = new_envelope(
-            type="dispatch.created", producer="dispatch",
+            type="dispatch.shipped", producer="dispatch",
             data={"dispatch_id": dispatch_id, "order_id": str(uuid.uuid4()), "version": 1,
-                  "status": "pending"},
+                  "status": "shipped"},
             actor=Actor(id="dispatch", role="system"),
         )
         return aio_pika.Message(
