@@ -50,10 +50,11 @@ WAIT_S = 15.0
 NO_USER_ID = "has no user_id"
 
 
-def dispatch_created(dispatch_id: str) -> dict[str, Any]:
-    return new_envelope(type="dispatch.created", producer="dispatch",
+def dispatch_shipped(dispatch_id: str) -> dict[str, Any]:
+    """An event the notification rules name (its queue is bound to no other kind)."""
+    return new_envelope(type="dispatch.shipped", producer="dispatch",
                         data={"dispatch_id": dispatch_id, "order_id": f"o-{dispatch_id}",
-                              "version": 1, "status": "pending"},
+                              "version": 1, "status": "shipped"},
                         actor=Actor(id="dispatch", role="system"))
 
 
@@ -159,7 +160,7 @@ async def notification(
 async def test_spine_dlq_list_and_show_give_the_reason_and_take_nothing(
     notification: Notification,
 ) -> None:
-    first, second = dispatch_created("d-1"), dispatch_created("d-2")
+    first, second = dispatch_shipped("d-1"), dispatch_shipped("d-2")
     await notification.dead_letter(first)
     await notification.dead_letter(second)
 
@@ -167,9 +168,9 @@ async def test_spine_dlq_list_and_show_give_the_reason_and_take_nothing(
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0] == f"{notification.dlq}: 2 dead letter(s)"
-    assert lines[1].startswith(f"  {first['event_id']}  dispatch.created  at ")
+    assert lines[1].startswith(f"  {first['event_id']}  dispatch.shipped  at ")
     assert lines[2].startswith("    reason: ProvenanceError: provenance: ") and NO_USER_ID in lines[2]
-    assert lines[4].startswith(f"  {second['event_id']}  dispatch.created")
+    assert lines[4].startswith(f"  {second['event_id']}  dispatch.shipped")
     # Read again: nothing was taken, and the order is the same.
     again = await notification.spine("dlq", "list", "--queue", "notification.events")
     assert again.stdout.splitlines()[::4] == lines[::4]
@@ -181,7 +182,7 @@ async def test_spine_dlq_list_and_show_give_the_reason_and_take_nothing(
     detail = json.loads(shown.stdout)
     assert detail["message_id"] == second["event_id"]
     assert detail["original_queue"] == notification.queue
-    assert detail["headers"][ROUTING_KEY_HEADER] == "dispatch.created"
+    assert detail["headers"][ROUTING_KEY_HEADER] == "dispatch.shipped"
     assert NO_USER_ID in detail["headers"][ERROR_HEADER] and detail["reason"] == \
         detail["headers"][ERROR_HEADER]
     assert json.loads(detail["body"]) == second
@@ -197,7 +198,7 @@ async def test_a_replay_goes_through_the_inbox_so_copies_of_one_message_have_one
 ) -> None:
     # Two dead copies of one message (as at-least-once dead-lettering can leave), and one of a
     # message whose effect was committed already by an earlier, vouched-for delivery.
-    twice, done = dispatch_created("d-1"), dispatch_created("d-2")
+    twice, done = dispatch_shipped("d-1"), dispatch_shipped("d-2")
     await notification.dead_letter(twice, copies=2)
     await notification.publish(done, vouched=True)
     await notification.until("SELECT count(*) = 1 FROM observed_event WHERE event_id = $1::uuid",
@@ -224,7 +225,7 @@ async def test_spine_dlq_purge_asks_first_and_says_how_many_it_deleted(
     notification: Notification,
 ) -> None:
     for n in range(3):
-        await notification.dead_letter(dispatch_created(f"d-{n}"))
+        await notification.dead_letter(dispatch_shipped(f"d-{n}"))
 
     unasked = await notification.spine("dlq", "purge", "--queue", "notification.events")
     assert unasked.returncode == 2
@@ -244,7 +245,7 @@ async def test_spine_dlq_purge_asks_first_and_says_how_many_it_deleted(
 async def test_ops_lists_each_queues_dead_letters_with_their_reasons_over_http(
     notification: Notification,
 ) -> None:
-    letters = [dispatch_created(f"d-{n}") for n in range(3)]
+    letters = [dispatch_shipped(f"d-{n}") for n in range(3)]
     for letter in letters:
         await notification.dead_letter(letter)
 
@@ -256,7 +257,7 @@ async def test_ops_lists_each_queues_dead_letters_with_their_reasons_over_http(
     assert [item["message_id"] for item in queue["items"]] == [e["event_id"] for e in letters[:2]]
     for item in queue["items"]:
         assert item["reason"].startswith("ProvenanceError: ") and NO_USER_ID in item["reason"]
-        assert (item["routing_key"], item["original_queue"]) == ("dispatch.created",
+        assert (item["routing_key"], item["original_queue"]) == ("dispatch.shipped",
                                                                  notification.queue)
     again = await notification.http.get("/dead-letters", headers=OPS, params={"limit": 2})
     assert again.json() == listed.json(), "reading must neither take nor reorder"
@@ -279,7 +280,7 @@ async def test_ops_lists_each_queues_dead_letters_with_their_reasons_over_http(
 async def test_ops_replays_one_dead_letter_over_http_and_it_has_its_effect_once(
     notification: Notification,
 ) -> None:
-    wanted, other = dispatch_created("d-1"), dispatch_created("d-2")
+    wanted, other = dispatch_shipped("d-1"), dispatch_shipped("d-2")
     await notification.dead_letter(wanted, copies=2)
     await notification.dead_letter(other)
     url = f"/dead-letters/{notification.queue}/replay"
@@ -306,7 +307,7 @@ async def test_ops_purges_a_dead_letter_queue_over_http_only_when_confirmed_by_n
     notification: Notification,
 ) -> None:
     for n in range(2):
-        await notification.dead_letter(dispatch_created(f"d-{n}"))
+        await notification.dead_letter(dispatch_shipped(f"d-{n}"))
     url = f"/dead-letters/{notification.queue}"
 
     unconfirmed = await notification.http.delete(url, headers=OPS)
