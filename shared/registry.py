@@ -68,7 +68,17 @@ NOTIFICATION = Service(
     # by the events exchange's alternate exchange, so no queue has to exist just to take it.
     consumer_queues=(("events", "dispatch.#"),),
 )
-ERP_ADAPTER = Service("erp_adapter", http_port=8004, database_suffix="erp", event_prefix="erp")
+ERP_ADAPTER = Service(
+    "erp_adapter",
+    http_port=8004,
+    database_suffix="erp",
+    event_prefix="erp",
+    # What becomes a delivery confirmation to the ERP, and keeps its dispatch replica.
+    consumer_queues=(
+        ("dispatch-shipped", "dispatch.shipped"),
+        ("dispatch-corrected", "dispatch.corrected"),
+    ),
+)
 
 SERVICES: tuple[Service, ...] = (ORDER, DISPATCH, NOTIFICATION, ERP_ADAPTER)
 BY_NAME: MappingProxyType[str, Service] = MappingProxyType({s.name: s for s in SERVICES})

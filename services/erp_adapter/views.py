@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.erp_adapter.tables import conflict, import_run, integration_log
+from services.erp_adapter.tables import confirmation, conflict, connector, import_run, integration_log
 
 
 async def list_runs(
@@ -74,3 +74,30 @@ async def fetch_conflict(engine: AsyncEngine, conflict_id: uuid.UUID) -> dict[st
         found = (await conn.execute(sa.select(conflict).where(conflict.c.id == conflict_id))
                  ).mappings().first()
         return dict(found) if found else None
+
+
+async def list_confirmations(engine: AsyncEngine, *, limit: int, offset: int,
+                             **filters: Any) -> list[dict[str, Any]]:
+    """Newest first; `filters`: column → value (None: any)."""
+    query = sa.select(confirmation)
+    for column, value in filters.items():
+        if value is not None:
+            query = query.where(confirmation.c[column] == value)
+    query = query.order_by(confirmation.c.seq.desc())
+    async with engine.connect() as conn:
+        rows = await conn.execute(query.limit(limit).offset(offset))
+        return [dict(r) for r in rows.mappings()]
+
+
+async def fetch_confirmation(engine: AsyncEngine, confirmation_id: uuid.UUID
+                             ) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        found = (await conn.execute(sa.select(confirmation).where(
+            confirmation.c.id == confirmation_id))).mappings().first()
+        return dict(found) if found else None
+
+
+async def list_connectors(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.select(connector).order_by(connector.c.name))
+        return [dict(r) for r in rows.mappings()]
