@@ -546,3 +546,42 @@ async def post_retry_confirmation(confirmation_id: uuid.UUID, uow: UowDep, engin
     await handle(RetryConfirmation(confirmation_id=confirmation_id,
                                    actor=principal.acting_as(["integration"])), uow)
     return await get_confirmation(confirmation_id, engine, principal)
+
+
+class DifferenceOut(BaseModel):
+    field: str = Field(description="`lines[<line_no>].<field>` for a field of one line")
+    spine: Any = Field(description="Spine's value (the dispatch replica)")
+    erp: Any = Field(description="what the ERP acknowledged")
+
+
+class FindingOut(BaseModel):
+    finding: Literal["missing_in_erp", "missing_in_spine", "differs"]
+    dispatch_id: str | None
+    order_id: str | None
+    confirmation_status: str | None = Field(description="the newest confirmation's status")
+    idempotency_key: str | None
+    differences: list[DifferenceOut]
+    detail: str
+
+
+class ReconciliationOut(BaseModel):
+    shipped: int = Field(description="dispatches Spine shipped (as the adapter learned them)")
+    acknowledged: int = Field(description="dispatches with a confirmation the ERP acknowledged")
+    in_agreement: int
+    findings: list[FindingOut] = Field(description="the page `limit`/`offset` asked for")
+
+
+@outbound_router.get("/reconciliation", response_model=ReconciliationOut,
+                     summary="What Spine shipped against what the ERP acknowledged, field by field",
+                     responses=responses(401, 403, 422))
+async def get_reconciliation(
+    engine: EngineDep,
+    _: IntegrationReaderDep,
+    finding: Literal["missing_in_erp", "missing_in_spine", "differs"] | None = None,
+    limit: Annotated[int, params.limit(500)] = 100,
+    offset: params.Offset = 0,
+) -> dict[str, Any]:
+    report = await views.reconciliation(engine)
+    found = [asdict(f) for f in report.findings if finding is None or f.finding == finding]
+    return {"shipped": report.shipped, "acknowledged": report.acknowledged,
+            "in_agreement": report.in_agreement, "findings": found[offset:offset + limit]}

@@ -28,5 +28,6 @@ PERMISSIONS = Permissions("erp_adapter", {
     ("GET", "/confirmations/{confirmation_id}"): BOUNDARY_READERS,
     ("POST", "/confirmations/{confirmation_id}/approve"): IMPORTERS,
     ("POST", "/confirmations/{confirmation_id}/retry"): IMPORTERS,
+    ("GET", "/reconciliation"): BOUNDARY_READERS,
     **dead_letters.PERMISSIONS,
 })

@@ -356,6 +356,7 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
         "POST", f"/confirmations/{_some_id()}/approve"),
     ("erp_adapter", "POST", "/confirmations/{confirmation_id}/retry"): _fixed(
         "POST", f"/confirmations/{_some_id()}/retry"),
+    ("erp_adapter", "GET", "/reconciliation"): _fixed("GET", "/reconciliation"),
 }
 
 CELLS = [(service, method, path, role, allowed)

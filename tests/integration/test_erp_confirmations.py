@@ -28,6 +28,8 @@ from services.erp_adapter.main import build
 from shared.contracts.envelope import Actor, new_envelope
 from shared.messaging.permissions import broker_user
 from shared.messaging.topology import ERROR_HEADER, Topology
+from spine_cli import settings as cli_settings
+from spine_cli.main import main as spine
 from tests.conftest import Servers
 from tests.integration.test_erp_import import Erp, body, isolated_erp
 
@@ -330,3 +332,42 @@ async def test_a_malformed_shipment_goes_to_the_dead_letter_queue_with_its_reaso
             assert "order_id" in str(message.headers[ERROR_HEADER])
             await message.nack(requeue=True)
     assert await erp.count("confirmation") == 0
+
+
+async def test_reconciliation_shows_an_unacknowledged_confirmation_and_a_correction_the_erp_has_not_booked(
+    erp: Erp, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    booked, waiting = str(uuid.uuid4()), str(uuid.uuid4())
+    with flaky_erp() as url:
+        FlakyErp.failures = 0
+        try:
+            async with adapter(erp, erp_connector="http", erp_url=url) as client:
+                await set_mode(client, erp, "http", "auto")
+                await publish(erp, shipped(booked))
+                await wait_for(erp, "SELECT count(*) FROM confirmation "
+                                    "WHERE status = 'acknowledged'")
+                await set_mode(client, erp, "http", "approve")
+                await publish(erp, shipped(waiting, order_id="o-2"))
+                await publish(erp, corrected(booked))
+                await wait_for(erp, "SELECT count(*) = 2 FROM confirmation "
+                                    "WHERE status = 'awaiting_approval'")
+                report = (await client.get("/reconciliation", headers=erp.token("ops"))).json()
+        finally:
+            FlakyErp.failures = 2
+    assert (report["shipped"], report["acknowledged"], report["in_agreement"]) == (2, 1, 0)
+    findings = {f["dispatch_id"]: f for f in report["findings"]}
+    assert findings[waiting]["finding"] == "missing_in_erp"
+    assert findings[waiting]["confirmation_status"] == "awaiting_approval"
+    assert findings[booked]["finding"] == "differs"
+    assert [(d["field"], d["spine"], d["erp"]) for d in findings[booked]["differences"]] == [
+        ("lines[1].backorder_quantity", "0", "1"), ("lines[1].shipped_quantity", "5", "4"),
+        ("tracking_number", "T-2", "T-1")]
+
+    monkeypatch.setattr(cli_settings, "ENV_FILE", erp.tmp_path / "no.env")
+    code = await asyncio.to_thread(spine, ["erp", "reconcile"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"missing_in_erp: dispatch {waiting} (order o-2)" in out
+    assert "    tracking_number: Spine 'T-2', ERP 'T-1'" in out
+    assert out.splitlines()[-1] == "2 shipped, 1 acknowledged by the ERP, 0 in agreement, " \
+                                   "2 finding(s)"
