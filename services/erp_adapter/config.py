@@ -48,6 +48,9 @@ class Settings(ServiceSettings):
     erp_timeout_s: float = Field(default=10.0, gt=0)
     erp_push_interval_s: float = Field(default=1.0, gt=0,
                                        description="how often the push worker looks for work")
+    erp_claim_lease_s: float = Field(default=60.0, gt=0, description="how long a claimed "
+                                     "confirmation is not due again: a send that died with its "
+                                     "process is tried again after it")
     erp_retry_base_s: float = Field(default=2.0, gt=0)
     erp_retry_cap_s: float = Field(default=600.0, gt=0)
     erp_retry_limit: int = Field(default=8, ge=1, description="attempts before a confirmation "

@@ -29,8 +29,8 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     connector = connect(config)
     subscribers.register(runtime.broker, runtime.topology, uow, connector=connector.name)
     backoff = Backoff(config.erp_retry_base_s, config.erp_retry_cap_s, config.erp_retry_limit)
-    runtime.workers["erp-push"] = lambda: run_push_worker(uow, connector, backoff,
-                                                          config.erp_push_interval_s)
+    runtime.workers["erp-push"] = lambda: run_push_worker(
+        uow, connector, backoff, config.erp_push_interval_s, config.erp_claim_lease_s)
     # The upload's multipart framing and form fields come on top of the file itself.
     upload_limit = config.import_max_bytes + api.UPLOAD_OVERHEAD_BYTES
     app = runtime.app(routers=[api.router, api.records_router, api.conflicts_router,

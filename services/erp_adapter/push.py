@@ -32,20 +32,21 @@ log = logging.getLogger("spine.erp_adapter.push")
 PUSHED = Counter("spine_erp_confirmations_pushed", "Confirmation send attempts to the ERP")
 
 
-async def tick(uow: ErpUnitOfWork, connector: Connector, backoff: Backoff) -> int:
+async def tick(uow: ErpUnitOfWork, connector: Connector, backoff: Backoff,
+               lease_s: float = 60.0) -> int:
     """One round: acknowledgements read back, then what is due sent; attempts made."""
     if isinstance(connector, FileConnector):
         for ack in await asyncio.to_thread(connector.acknowledgements):
             await take_acknowledgement(TakeAcknowledgement(ack.event_id, ack.answer,
                                                            connector.name), uow)
             await asyncio.to_thread(connector.done, ack)
-    sent = await push_due(PushDue(connector=connector, backoff=backoff), uow)
+    sent = await push_due(PushDue(connector=connector, backoff=backoff, lease_s=lease_s), uow)
     PUSHED.inc(sent)
     return sent
 
 
 async def run_push_worker(uow: ErpUnitOfWork, connector: Connector, backoff: Backoff,
-                          interval_s: float) -> None:
+                          interval_s: float, lease_s: float = 60.0) -> None:
     """Tick every `interval_s` (at once again while there is more) until cancelled."""
     ready = False
     while True:
@@ -53,7 +54,7 @@ async def run_push_worker(uow: ErpUnitOfWork, connector: Connector, backoff: Bac
             if not ready:
                 await ensure_connector(connector.name, uow)
                 ready = True
-            if await tick(uow, connector, backoff):
+            if await tick(uow, connector, backoff, lease_s):
                 continue  # more may be due: no pause while there is a backlog
         except Exception as exc:  # an outage ends this tick, not the worker
             log.warning("ERP push tick failed (%s); trying again in %.1f s", describe(exc),

@@ -96,17 +96,19 @@ class Stack(IsolatedStack):
 
 
 @contextlib.asynccontextmanager
-async def running_stack(servers: Servers, namespace: str, log_dir: Path) -> AsyncIterator[Stack]:
+async def running_stack(servers: Servers, namespace: str, log_dir: Path,
+                        extra_env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
     """Migrate four fresh databases, start the four services, load the sample ERP export.
 
-    On the way out every service must stop by itself, cleanly, without a traceback.
+    `extra_env`: more SPINE_* variables for every service (an export folder, say). On the way
+    out every service must stop by itself, cleanly, without a traceback.
     """
     stack = Stack(
         namespace=namespace, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
         log_dir=log_dir, secret=os.environ["SPINE_JWT_SECRET"],
         # Two stacks can be up at once (the session's and a module's); at the default pool size
         # they could take every connection of a stock PostgreSQL (max_connections = 100).
-        extra_env={"SPINE_DB_POOL_SIZE": "6"},
+        extra_env={"SPINE_DB_POOL_SIZE": "6", **(extra_env or {})},
     )
     problems: list[str] = []
     try:
