@@ -339,6 +339,8 @@ HANDLERS: dict[type[Any], Handler] = {
     ImportExport: import_export,
     ReceiveRecord: receive_record,
     ResolveConflict: resolve_conflict,
+    outbound.RecordShipment: outbound.record_shipment,
+    outbound.RecordCorrection: outbound.record_correction,
     outbound.ApproveConfirmation: outbound.approve_confirmation,
     outbound.RetryConfirmation: outbound.retry_confirmation,
     outbound.SetConnectorMode: outbound.set_connector_mode,

@@ -206,17 +206,20 @@ async def _record_attempt(uow: ErpUnitOfWork, claimed: Confirmation, cmd: PushDu
                           permanent: bool) -> None:
     async with uow.begin(actor=SYSTEM_ACTOR, correlation_id=claimed.correlation_id) as tx:
         found = await tx.confirmations.get(claimed.id)
-        if found is None or found.status is not Status.PENDING:
-            return  # retried and sent by another worker after our lease ran out
         again: float | None = None
-        if ack is not None:
+        if found is None or found.status is not Status.PENDING:
+            # Settled meanwhile (its acknowledgement file came first, or another worker sent it
+            # after our lease ran out): the attempt still crossed the boundary, so it is logged.
+            found, outcome = claimed, "superseded"
+        elif ack is not None:
             found.sent(ack.response, acknowledged=ack.acknowledged)
             outcome = found.status.value
         else:
             again = found.attempt_failed(error or "unknown", permanent=permanent,
                                          backoff=cmd.backoff)
             outcome = "failed" if again is None else "retrying"
-        await tx.confirmations.update(found, next_attempt_in_s=again)
+        if outcome != "superseded":
+            await tx.confirmations.update(found, next_attempt_in_s=again)
         await tx.integration_log.add([LogEntry(
             "confirmation", outcome, str(found.id),
             f"{found.kind.value} confirmation of dispatch {found.dispatch_id}, attempt "

@@ -5,12 +5,8 @@ from __future__ import annotations
 from faststream.rabbit import RabbitBroker
 
 from services.erp_adapter.confirmations import Shipment
-from services.erp_adapter.outbound import (
-    RecordCorrection,
-    RecordShipment,
-    record_correction,
-    record_shipment,
-)
+from services.erp_adapter.handlers import handle
+from services.erp_adapter.outbound import RecordCorrection, RecordShipment
 from services.erp_adapter.unit_of_work import ErpUnitOfWork
 from shared.contracts.dispatch import DispatchCorrected, DispatchTransitioned
 from shared.contracts.envelope import Envelope
@@ -34,7 +30,7 @@ def register(broker: RabbitBroker, topology: Topology, uow: ErpUnitOfWork, *,
     async def on_dispatch_shipped(event: Envelope[DispatchTransitioned]) -> None:
         """A dispatch shipped: its delivery confirmation to the ERP."""
         data = event.data
-        await record_shipment(RecordShipment(
+        await handle(RecordShipment(
             event_id=str(event.event_id), consumer=shipped_queue.name,
             correlation_id=event.correlation_id, occurred_at=event.occurred_at.isoformat(),
             shipment=Shipment.shipped(
@@ -49,7 +45,7 @@ def register(broker: RabbitBroker, topology: Topology, uow: ErpUnitOfWork, *,
     async def on_dispatch_corrected(event: Envelope[DispatchCorrected]) -> None:
         """A shipped dispatch was corrected: a corrected confirmation to the ERP."""
         data = event.data
-        await record_correction(RecordCorrection(
+        await handle(RecordCorrection(
             event_id=str(event.event_id), consumer=corrected_queue.name,
             correlation_id=event.correlation_id, occurred_at=event.occurred_at.isoformat(),
             dispatch_id=data.dispatch_id, version=data.version,

@@ -18,6 +18,8 @@ from services.erp_adapter.handlers import (
 )
 from services.erp_adapter.outbound import (
     ApproveConfirmation,
+    RecordCorrection,
+    RecordShipment,
     RetryConfirmation,
     SetConnectorMode,
 )
@@ -188,5 +190,6 @@ async def test_a_failed_batch_keeps_the_batches_before_it_and_leaves_the_run_unf
 
 
 def test_every_command_has_exactly_one_handler() -> None:
-    assert set(HANDLERS) == {ImportExport, ReceiveRecord, ResolveConflict, ApproveConfirmation,
-                             RetryConfirmation, SetConnectorMode}
+    assert set(HANDLERS) == {ImportExport, ReceiveRecord, ResolveConflict, RecordShipment,
+                             RecordCorrection, ApproveConfirmation, RetryConfirmation,
+                             SetConnectorMode}
