@@ -84,7 +84,17 @@ NOTIFICATION = Service(
     event_prefix="notification",
     consumer_queues=_rule_bindings(NOTIFICATION_RULES),
 )
-ERP_ADAPTER = Service("erp_adapter", http_port=8004, database_suffix="erp", event_prefix="erp")
+ERP_ADAPTER = Service(
+    "erp_adapter",
+    http_port=8004,
+    database_suffix="erp",
+    event_prefix="erp",
+    # What becomes a delivery confirmation to the ERP, and keeps its dispatch replica.
+    consumer_queues=(
+        ("dispatch-shipped", "dispatch.shipped"),
+        ("dispatch-corrected", "dispatch.corrected"),
+    ),
+)
 
 SERVICES: tuple[Service, ...] = (ORDER, DISPATCH, NOTIFICATION, ERP_ADAPTER)
 BY_NAME: MappingProxyType[str, Service] = MappingProxyType({s.name: s for s in SERVICES})

@@ -215,3 +215,46 @@ def ownership(as_markdown: bool, path: Path | None) -> None:
     import json
 
     click.echo(json.dumps(found.as_dict(), indent=2))
+
+
+@erp.command("reconcile")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reconcile(as_json: bool) -> None:
+    """Compare what Spine shipped with what the ERP acknowledged, field by field.
+
+    Reads the erp_adapter's database. Exits 0 when every shipped dispatch is acknowledged with
+    the same values, 1 when something is missing on either side or differs, 3 when the
+    database cannot be read.
+    """
+    exit_with(asyncio.run(_reconcile(as_json)))
+
+
+async def _reconcile(as_json: bool) -> int:
+    import json
+    from dataclasses import asdict
+
+    from services.erp_adapter.config import NAME
+    from services.erp_adapter.views import reconciliation
+    from shared.db.engine import make_engine
+    from spine_cli.settings import ErpImportSettings, load_settings
+
+    settings = load_settings(ErpImportSettings)
+    engine = make_engine(settings.database_url, pool_size=1, service=f"{NAME}-cli")
+    try:
+        problem = await _database_problem(engine, settings.database_name)
+        if problem:
+            raise CliError(problem, code=EXIT_NO_DATABASE)
+        report = await reconciliation(engine)
+    finally:
+        await engine.dispose()
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2, default=str))
+    else:
+        for f in report.findings:
+            click.echo(f"{f.finding}: dispatch {f.dispatch_id or '?'} (order "
+                       f"{f.order_id or '?'}): {f.detail}")
+            for d in f.differences:
+                click.echo(f"    {d.field}: Spine {d.spine!r}, ERP {d.erp!r}")
+        click.echo(f"{report.shipped} shipped, {report.acknowledged} acknowledged by the ERP, "
+                   f"{report.in_agreement} in agreement, {len(report.findings)} finding(s)")
+    return EXIT_OK if not report.findings else EXIT_REJECTED_ROWS

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.erp_adapter import views
 from services.erp_adapter.config import Settings
+from services.erp_adapter.confirmations import Kind as ConfirmationKind
+from services.erp_adapter.confirmations import Mode
+from services.erp_adapter.confirmations import Status as ConfirmationStatus
 from services.erp_adapter.conflicts import ConflictStatus, Resolution
 from services.erp_adapter.domain import MAX_JSON_DEPTH, Format, Kind
 from services.erp_adapter.handlers import (
@@ -22,6 +25,11 @@ from services.erp_adapter.handlers import (
     RecordOutcome,
     ResolveConflict,
     handle,
+)
+from services.erp_adapter.outbound import (
+    ApproveConfirmation,
+    RetryConfirmation,
+    SetConnectorMode,
 )
 from services.erp_adapter.ownership import OwnershipRegistry
 from services.erp_adapter.unit_of_work import ErpUnitOfWork
@@ -413,3 +421,167 @@ async def get_timeline(
     entries = await views.list_log(engine, limit=limit, offset=offset, oldest_first=True,
                                    order_id=order_id)
     return {"order_id": order_id, "service": "erp_adapter", "entries": entries}
+
+
+# --- outbound confirmations and the connectors' modes ----------------------------------------
+
+outbound_router = APIRouter(tags=["confirmations"])
+
+
+def connector_in_use(request: Request) -> str:
+    """The connector the service sends through (SPINE_ERP_CONNECTOR)."""
+    found: str = request.app.state.connector
+    return found
+
+
+ConnectorInUseDep = Annotated[str, Depends(connector_in_use)]
+
+
+class ConnectorOut(BaseModel):
+    name: str
+    mode: Mode = Field(description="shadow: record, send nothing; approve: wait for "
+                                   "POST /confirmations/{id}/approve; auto: send")
+    in_use: bool = Field(description="the connector this service sends through")
+    updated_at: datetime
+    updated_by: str
+
+
+class ConnectorModeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode
+
+
+class ConfirmationOut(BaseModel):
+    id: uuid.UUID
+    event_id: uuid.UUID = Field(description="the dispatch event confirmed: the idempotency key "
+                                            "the ERP sees")
+    kind: ConfirmationKind
+    dispatch_id: str
+    order_id: str
+    dispatch_version: int
+    connector: str
+    status: ConfirmationStatus
+    document: dict[str, Any] = Field(description="exactly what is (or, in shadow, would be) sent")
+    attempts: int
+    last_error: str | None
+    response: dict[str, Any] | None
+    approved_by: str | None
+    correlation_id: uuid.UUID
+    next_attempt_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    posted_at: datetime | None
+    acknowledged_at: datetime | None
+
+
+def _connector_out(row: dict[str, Any], in_use: str) -> dict[str, Any]:
+    return {**row, "in_use": row["name"] == in_use}
+
+
+@outbound_router.get("/connectors", response_model=list[ConnectorOut],
+                     summary="The outbound connectors and the mode of each",
+                     responses=responses(401, 403))
+async def get_connectors(engine: EngineDep, _: IntegrationReaderDep,
+                         in_use: ConnectorInUseDep) -> list[dict[str, Any]]:
+    return [_connector_out(r, in_use) for r in await views.list_connectors(engine)]
+
+
+@outbound_router.put("/connectors/{name}", response_model=ConnectorOut,
+                     summary="Switch a connector's mode; takes effect without a restart",
+                     responses=responses(400, 401, 403, 404, 413, 422))
+async def put_connector(name: str, body: ConnectorModeIn,
+                        uow: UowDep, engine: EngineDep, principal: ImporterDep,
+                        in_use: ConnectorInUseDep) -> dict[str, Any]:
+    await handle(SetConnectorMode(name=name, mode=body.mode,
+                                  actor=principal.acting_as(["integration"])), uow)
+    found = [r for r in await views.list_connectors(engine) if r["name"] == name]
+    return _connector_out(found[0], in_use)
+
+
+@outbound_router.get("/confirmations", response_model=list[ConfirmationOut],
+                     summary="Delivery confirmations to the ERP, newest first",
+                     responses=responses(401, 403, 422))
+async def get_confirmations(
+    engine: EngineDep,
+    _: IntegrationReaderDep,
+    status: ConfirmationStatus | None = None,
+    dispatch_id: Annotated[str | None, params.text()] = None,
+    order_id: Annotated[str | None, params.text()] = None,
+    limit: Annotated[int, params.limit(500)] = 50,
+    offset: params.Offset = 0,
+) -> list[dict[str, Any]]:
+    return await views.list_confirmations(
+        engine, limit=limit, offset=offset, status=status.value if status else None,
+        dispatch_id=dispatch_id, order_id=order_id)
+
+
+@outbound_router.get("/confirmations/{confirmation_id}", response_model=ConfirmationOut,
+                     summary="One confirmation", responses=responses(401, 403, 404, 422))
+async def get_confirmation(confirmation_id: uuid.UUID, engine: EngineDep,
+                           _: IntegrationReaderDep) -> dict[str, Any]:
+    found = await views.fetch_confirmation(engine, confirmation_id)
+    if found is None:
+        raise HTTPException(404, f"no confirmation {confirmation_id}")
+    return found
+
+
+@outbound_router.post("/confirmations/{confirmation_id}/approve",
+                      response_model=ConfirmationOut,
+                      summary="Let a confirmation awaiting approval be sent",
+                      responses=responses(401, 403, 404, 409, 422))
+async def post_approve_confirmation(confirmation_id: uuid.UUID, uow: UowDep, engine: EngineDep,
+                                    principal: ImporterDep) -> dict[str, Any]:
+    await handle(ApproveConfirmation(confirmation_id=confirmation_id,
+                                     actor=principal.acting_as(["integration"])), uow)
+    return await get_confirmation(confirmation_id, engine, principal)
+
+
+@outbound_router.post("/confirmations/{confirmation_id}/retry",
+                      response_model=ConfirmationOut,
+                      summary="Send a failed confirmation again",
+                      responses=responses(401, 403, 404, 409, 422))
+async def post_retry_confirmation(confirmation_id: uuid.UUID, uow: UowDep, engine: EngineDep,
+                                  principal: ImporterDep) -> dict[str, Any]:
+    await handle(RetryConfirmation(confirmation_id=confirmation_id,
+                                   actor=principal.acting_as(["integration"])), uow)
+    return await get_confirmation(confirmation_id, engine, principal)
+
+
+class DifferenceOut(BaseModel):
+    field: str = Field(description="`lines[<line_no>].<field>` for a field of one line")
+    spine: Any = Field(description="Spine's value (the dispatch replica)")
+    erp: Any = Field(description="what the ERP acknowledged")
+
+
+class FindingOut(BaseModel):
+    finding: Literal["missing_in_erp", "missing_in_spine", "differs"]
+    dispatch_id: str | None
+    order_id: str | None
+    confirmation_status: str | None = Field(description="the newest confirmation's status")
+    idempotency_key: str | None
+    differences: list[DifferenceOut]
+    detail: str
+
+
+class ReconciliationOut(BaseModel):
+    shipped: int = Field(description="dispatches Spine shipped (as the adapter learned them)")
+    acknowledged: int = Field(description="dispatches with a confirmation the ERP acknowledged")
+    in_agreement: int
+    findings: list[FindingOut] = Field(description="the page `limit`/`offset` asked for")
+
+
+@outbound_router.get("/reconciliation", response_model=ReconciliationOut,
+                     summary="What Spine shipped against what the ERP acknowledged, field by field",
+                     responses=responses(401, 403, 422))
+async def get_reconciliation(
+    engine: EngineDep,
+    _: IntegrationReaderDep,
+    finding: Literal["missing_in_erp", "missing_in_spine", "differs"] | None = None,
+    limit: Annotated[int, params.limit(500)] = 100,
+    offset: params.Offset = 0,
+) -> dict[str, Any]:
+    report = await views.reconciliation(engine)
+    found = [asdict(f) for f in report.findings if finding is None or f.finding == finding]
+    return {"shipped": report.shipped, "acknowledged": report.acknowledged,
+            "in_agreement": report.in_agreement, "findings": found[offset:offset + limit]}

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.erp_adapter import outbound
 from services.erp_adapter.conflicts import Conflict, ConflictStatus, Resolution, agrees
 from services.erp_adapter.domain import (
     KIND_OF_ENTITY,
@@ -338,6 +339,11 @@ HANDLERS: dict[type[Any], Handler] = {
     ImportExport: import_export,
     ReceiveRecord: receive_record,
     ResolveConflict: resolve_conflict,
+    outbound.RecordShipment: outbound.record_shipment,
+    outbound.RecordCorrection: outbound.record_correction,
+    outbound.ApproveConfirmation: outbound.approve_confirmation,
+    outbound.RetryConfirmation: outbound.retry_confirmation,
+    outbound.SetConnectorMode: outbound.set_connector_mode,
 }
 
 

@@ -22,5 +22,12 @@ PERMISSIONS = Permissions("erp_adapter", {
     ("GET", "/conflicts/{conflict_id}"): BOUNDARY_READERS,
     ("POST", "/conflicts/{conflict_id}/resolve"): IMPORTERS,
     ("GET", "/timeline"): BOUNDARY_READERS,
+    ("GET", "/connectors"): BOUNDARY_READERS,
+    ("PUT", "/connectors/{name}"): IMPORTERS,
+    ("GET", "/confirmations"): BOUNDARY_READERS,
+    ("GET", "/confirmations/{confirmation_id}"): BOUNDARY_READERS,
+    ("POST", "/confirmations/{confirmation_id}/approve"): IMPORTERS,
+    ("POST", "/confirmations/{confirmation_id}/retry"): IMPORTERS,
+    ("GET", "/reconciliation"): BOUNDARY_READERS,
     **dead_letters.PERMISSIONS,
 })

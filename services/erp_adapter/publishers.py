@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.erp_adapter.confirmations import Confirmation, ConfirmationFailed, ConfirmationPosted
 from services.erp_adapter.conflicts import ConflictDetected
 from services.erp_adapter.domain import Customer, RecordUpserted
 from shared.contracts import erp as contracts
 from shared.contracts.erp import (
+    CONFIRMATION_FAILED,
+    CONFIRMATION_POSTED,
     CONFLICT_DETECTED,
     CUSTOMER_UPSERTED,
     PRODUCT_UPSERTED,
@@ -38,7 +41,22 @@ def to_wire(event: DomainEvent) -> WireEvent | None:
             order_id=c.order_id, connector=c.connector, reopened=event.reopened,
             occurrences=c.occurrences)
         return WireEvent(CONFLICT_DETECTED, detected.model_dump(mode="json"))
+    if isinstance(event, ConfirmationPosted):
+        posted = contracts.ConfirmationPosted(**_confirmation(event.confirmation),
+                                              response=event.confirmation.response)
+        return WireEvent(CONFIRMATION_POSTED, posted.model_dump(mode="json"))
+    if isinstance(event, ConfirmationFailed):
+        failed = contracts.ConfirmationFailed(**_confirmation(event.confirmation),
+                                              last_error=event.confirmation.last_error)
+        return WireEvent(CONFIRMATION_FAILED, failed.model_dump(mode="json"))
     return None
+
+
+def _confirmation(c: Confirmation) -> dict[str, Any]:
+    return {"confirmation_id": str(c.id), "idempotency_key": str(c.event_id),
+            "kind": c.kind.value, "dispatch_id": c.dispatch_id, "order_id": c.order_id,
+            "dispatch_version": c.dispatch_version, "connector": c.connector,
+            "status": c.status.value, "attempts": c.attempts}
 
 
 # Events this service publishes, for the AsyncAPI catalogue.
@@ -46,4 +64,6 @@ PUBLISHED: dict[str, type[Any]] = {
     CUSTOMER_UPSERTED: CustomerUpserted,
     PRODUCT_UPSERTED: ProductUpserted,
     CONFLICT_DETECTED: contracts.ConflictDetected,
+    CONFIRMATION_POSTED: contracts.ConfirmationPosted,
+    CONFIRMATION_FAILED: contracts.ConfirmationFailed,
 }

@@ -13,6 +13,15 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.erp_adapter.confirmations import (
+    DEFAULT_MODE,
+    Confirmation,
+    Mode,
+    Shipment,
+    ShippedLine,
+)
+from services.erp_adapter.confirmations import Kind as ConfirmationKind
+from services.erp_adapter.confirmations import Status as ConfirmationStatus
 from services.erp_adapter.conflicts import (
     UNKNOWN,
     Conflict,
@@ -24,11 +33,13 @@ from services.erp_adapter.conflicts import (
 from services.erp_adapter.domain import SCHEMAS, ImportRun, Kind, LogEntry, Stored, Upsert
 from services.erp_adapter.tables import (
     MASTER_TABLES,
+    confirmation,
     conflict,
     dispatch_replica,
     import_run,
     integration_log,
 )
+from services.erp_adapter.tables import connector as connector_table
 from shared.contracts.envelope import ActorLike
 
 Track = Callable[[ImportRun], ImportRun]
@@ -328,3 +339,213 @@ class SqlAlchemySpineValues:
             row = await self._dispatch(entity_id)
             return None if row is None else str(row["order_id"])
         return None
+
+
+class ShipmentRepository(Protocol):
+    """The dispatch replica, fed by `dispatch.shipped|corrected`; newer versions only."""
+
+    async def ship(self, shipment: Shipment, connector: str) -> tuple[bool, Mode]:
+        """Store a shipped dispatch unless a newer version is known; and `connector`'s mode."""
+        ...
+
+    async def current(self, dispatch_id: str, connector: str) -> tuple[Shipment | None, Mode]:
+        """The shipped dispatch, locked until commit (None if not shipped yet); the mode."""
+        ...
+
+    async def correct(self, shipment: Shipment) -> None: ...
+
+
+class ConfirmationRepository(Protocol):
+    async def add(self, found: Confirmation) -> None: ...
+
+    async def get(self, confirmation_id: uuid.UUID) -> Confirmation | None:
+        """The confirmation, locked until commit."""
+        ...
+
+    async def get_by_event(self, event_id: uuid.UUID) -> Confirmation | None:
+        """The confirmation whose idempotency key is `event_id`, locked until commit."""
+        ...
+
+    async def claim_due(self, limit: int, lease_s: float) -> list[Confirmation]:
+        """Due pending confirmations of connectors not in shadow mode, one more attempt each.
+
+        Claimed rows are not due again for `lease_s`: the send happens after this commits, and
+        no other worker takes them meanwhile.
+        """
+        ...
+
+    async def update(self, found: Confirmation, *, next_attempt_in_s: float | None = None
+                     ) -> None: ...
+
+
+class ConnectorRepository(Protocol):
+    async def modes(self) -> dict[str, tuple[Mode, str]]: ...
+
+    async def ensure(self, name: str) -> None:
+        """A row for `name` in the default mode, unless it has one."""
+        ...
+
+    async def set_mode(self, name: str, mode: Mode, by: str) -> Mode | None:
+        """The mode it had (None: no such connector)."""
+        ...
+
+
+_SHIP = """
+WITH stored AS (
+    INSERT INTO dispatch_replica AS r (dispatch_id, order_id, status, version, carrier,
+                                       tracking_number, lines, shipped_at, updated_at)
+    VALUES ($1, $2, 'shipped', $3, $4, $5, $6::jsonb, now(), now())
+    ON CONFLICT (dispatch_id) DO UPDATE
+        SET order_id = excluded.order_id, status = excluded.status, version = excluded.version,
+            carrier = excluded.carrier, tracking_number = excluded.tracking_number,
+            lines = excluded.lines, shipped_at = excluded.shipped_at, updated_at = now()
+        WHERE r.version < excluded.version
+    RETURNING 1
+)
+SELECT EXISTS (SELECT FROM stored), (SELECT mode FROM connector WHERE name = $7)
+"""
+_CURRENT = """
+SELECT r.order_id, r.version, r.carrier, r.tracking_number, r.lines::text, r.shipped_at,
+       (SELECT mode FROM connector WHERE name = $2)
+FROM dispatch_replica r WHERE r.dispatch_id = $1
+FOR UPDATE OF r
+"""
+
+
+def _mode(value: str | None) -> Mode:
+    return Mode(value) if value else DEFAULT_MODE
+
+
+class SqlAlchemyShipmentRepository:
+    """The hot path of the dispatch events: one round trip stores and reads the mode."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def ship(self, shipment: Shipment, connector: str) -> tuple[bool, Mode]:
+        row = (await self.conn.exec_driver_sql(_SHIP, (
+            shipment.dispatch_id, shipment.order_id, shipment.version, shipment.carrier,
+            shipment.tracking_number, json.dumps([x.as_dict() for x in shipment.lines]),
+            connector))).one()
+        stored, mode = tuple(row)
+        return bool(stored), _mode(mode)
+
+    async def current(self, dispatch_id: str, connector: str) -> tuple[Shipment | None, Mode]:
+        row = (await self.conn.exec_driver_sql(_CURRENT, (dispatch_id, connector))).first()
+        if row is None:
+            return None, DEFAULT_MODE
+        order_id, version, carrier, tracking, lines, shipped_at, mode = tuple(row)
+        if shipped_at is None:
+            return None, _mode(mode)
+        return Shipment(dispatch_id, order_id, version, carrier, tracking, tuple(
+            ShippedLine(int(x["line_no"]), str(x["shipped_quantity"]),
+                        str(x["backorder_quantity"])) for x in json.loads(lines))), _mode(mode)
+
+    async def correct(self, shipment: Shipment) -> None:
+        await self.conn.execute(sa.update(dispatch_replica).where(
+            dispatch_replica.c.dispatch_id == shipment.dispatch_id).values(
+            version=shipment.version, carrier=shipment.carrier,
+            tracking_number=shipment.tracking_number,
+            lines=[x.as_dict() for x in shipment.lines], updated_at=sa.func.now()))
+
+
+def confirmation_of(row: sa.RowMapping) -> Confirmation:
+    return Confirmation(
+        id=row["id"], event_id=row["event_id"], kind=ConfirmationKind(row["kind"]),
+        dispatch_id=row["dispatch_id"], order_id=row["order_id"],
+        dispatch_version=row["dispatch_version"], connector=row["connector"],
+        status=ConfirmationStatus(row["status"]), document=row["document"],
+        correlation_id=row["correlation_id"], seq=row["seq"], created_at=row["created_at"],
+        attempts=row["attempts"], last_error=row["last_error"], response=row["response"],
+        approved_by=row["approved_by"], version=row["version"])
+
+
+class SqlAlchemyConfirmationRepository:
+    def __init__(self, conn: AsyncConnection, track: Callable[[Confirmation], Confirmation]
+                 ) -> None:
+        self.conn = conn
+        self.track = track
+
+    async def add(self, found: Confirmation) -> None:
+        await self.conn.execute(sa.insert(confirmation).values(
+            id=found.id, event_id=found.event_id, kind=found.kind.value,
+            dispatch_id=found.dispatch_id, order_id=found.order_id,
+            dispatch_version=found.dispatch_version, connector=found.connector,
+            status=found.status.value, document=found.document,
+            correlation_id=found.correlation_id))
+        self.track(found)
+
+    async def _one(self, where: sa.ColumnElement[bool]) -> Confirmation | None:
+        row = (await self.conn.execute(
+            sa.select(confirmation).where(where).with_for_update())).mappings().first()
+        return None if row is None else self.track(confirmation_of(row))
+
+    async def get(self, confirmation_id: uuid.UUID) -> Confirmation | None:
+        return await self._one(confirmation.c.id == confirmation_id)
+
+    async def get_by_event(self, event_id: uuid.UUID) -> Confirmation | None:
+        return await self._one(confirmation.c.event_id == event_id)
+
+    async def claim_due(self, limit: int, lease_s: float) -> list[Confirmation]:
+        due = (sa.select(confirmation.c.id)
+               .join(connector_table, connector_table.c.name == confirmation.c.connector)
+               .where(confirmation.c.status == ConfirmationStatus.PENDING.value,
+                      confirmation.c.next_attempt_at <= sa.func.now(),
+                      connector_table.c.mode != Mode.SHADOW.value)
+               .order_by(confirmation.c.seq).limit(limit)
+               .with_for_update(of=confirmation, skip_locked=True).cte("due"))
+        rows = await self.conn.execute(
+            sa.update(confirmation).where(confirmation.c.id == due.c.id).values(
+                attempts=confirmation.c.attempts + 1,
+                next_attempt_at=sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, lease_s),
+                updated_at=sa.func.now())
+            .returning(*confirmation.c))
+        found = sorted((confirmation_of(r) for r in rows.mappings()),
+                       key=lambda c: c.seq or 0)
+        return [self.track(c) for c in found]
+
+    async def update(self, found: Confirmation, *, next_attempt_in_s: float | None = None
+                     ) -> None:
+        values: dict[str, object] = {
+            "status": found.status.value, "attempts": found.attempts,
+            "last_error": found.last_error, "response": found.response,
+            "approved_by": found.approved_by, "version": found.version,
+            "updated_at": sa.func.now()}
+        if next_attempt_in_s is not None:
+            values["next_attempt_at"] = sa.func.now() + sa.func.make_interval(
+                0, 0, 0, 0, 0, 0, next_attempt_in_s)
+        elif found.status is ConfirmationStatus.PENDING:
+            values["next_attempt_at"] = sa.func.now()
+        if found.status is ConfirmationStatus.POSTED:
+            values["posted_at"] = sa.func.now()
+        if found.status is ConfirmationStatus.ACKNOWLEDGED:
+            values["acknowledged_at"] = sa.func.now()
+            values["posted_at"] = sa.func.coalesce(confirmation.c.posted_at, sa.func.now())
+        await self.conn.execute(sa.update(confirmation).where(confirmation.c.id == found.id)
+                                .values(**values))
+
+
+class SqlAlchemyConnectorRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def modes(self) -> dict[str, tuple[Mode, str]]:
+        rows = await self.conn.execute(sa.select(connector_table.c.name, connector_table.c.mode,
+                                                 connector_table.c.updated_by))
+        return {r.name: (Mode(r.mode), r.updated_by) for r in rows}
+
+    async def ensure(self, name: str) -> None:
+        await self.conn.execute(pg_insert(connector_table).values(
+            name=name, mode=DEFAULT_MODE.value, updated_by="erp_adapter")
+            .on_conflict_do_nothing())
+
+    async def set_mode(self, name: str, mode: Mode, by: str) -> Mode | None:
+        before = (await self.conn.execute(
+            sa.select(connector_table.c.mode).where(connector_table.c.name == name)
+            .with_for_update())).scalar()
+        if before is None:
+            return None
+        await self.conn.execute(sa.update(connector_table).where(
+            connector_table.c.name == name).values(mode=mode.value, updated_by=by,
+                                                   updated_at=sa.func.now()))
+        return Mode(before)

@@ -153,3 +153,54 @@ conflict = sa.Table(
                        name="resolution"),
     sa.Index("ix_conflict_status_detected_at", "status", "detected_at"),
 )
+
+# Each outbound connector's mode, read by the subscriber and the push worker at every use, so
+# a change takes effect without a restart.
+connector = sa.Table(
+    "connector",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("mode", sa.Text, nullable=False, server_default="shadow"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("updated_by", sa.Text, nullable=False, server_default="migration"),
+    sa.CheckConstraint("mode IN ('shadow', 'approve', 'auto')", name="mode"),
+)
+
+# One delivery confirmation per causing dispatch event; its event id is the idempotency key the
+# ERP sees. `seq` orders the export files.
+confirmation = sa.Table(
+    "confirmation",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("dispatch_id", sa.Text, nullable=False),
+    sa.Column("order_id", sa.Text, nullable=False),
+    sa.Column("dispatch_version", sa.Integer, nullable=False),
+    sa.Column("connector", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("document", JSONB, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("response", JSONB),
+    sa.Column("approved_by", sa.Text),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("correlation_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+    sa.Column("posted_at", sa.DateTime(timezone=True)),
+    sa.Column("acknowledged_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("event_id"),
+    sa.CheckConstraint("kind IN ('shipped', 'corrected')", name="kind"),
+    sa.CheckConstraint("status IN ('shadowed', 'awaiting_approval', 'pending', 'posted', "
+                       "'acknowledged', 'failed')", name="status"),
+    # The push worker's claim: due pending rows, oldest first.
+    sa.Index("ix_confirmation_status_next_attempt_at", "status", "next_attempt_at"),
+    sa.Index("ix_confirmation_dispatch_id", "dispatch_id"),
+)

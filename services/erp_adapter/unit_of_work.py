@@ -9,15 +9,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.erp_adapter import publishers
 from services.erp_adapter.config import NAME
 from services.erp_adapter.repository import (
+    ConfirmationRepository,
     ConflictRepository,
+    ConnectorRepository,
     ImportRunRepository,
     IntegrationLogRepository,
     MasterDataRepository,
+    ShipmentRepository,
     SpineValues,
+    SqlAlchemyConfirmationRepository,
     SqlAlchemyConflictRepository,
+    SqlAlchemyConnectorRepository,
     SqlAlchemyImportRunRepository,
     SqlAlchemyIntegrationLogRepository,
     SqlAlchemyMasterDataRepository,
+    SqlAlchemyShipmentRepository,
     SqlAlchemySpineValues,
 )
 from services.erp_adapter.tables import metadata
@@ -32,6 +38,9 @@ class ErpTransaction(Transaction):
     integration_log: IntegrationLogRepository
     conflicts: ConflictRepository
     spine_values: SpineValues
+    shipments: ShipmentRepository
+    confirmations: ConfirmationRepository
+    connectors: ConnectorRepository
 
 
 class SqlErpTransaction(ConnTransaction, ErpTransaction):
@@ -42,6 +51,9 @@ class SqlErpTransaction(ConnTransaction, ErpTransaction):
         self.integration_log = SqlAlchemyIntegrationLogRepository(conn)
         self.conflicts = SqlAlchemyConflictRepository(conn, self.track)
         self.spine_values = SqlAlchemySpineValues(conn)
+        self.shipments = SqlAlchemyShipmentRepository(conn)
+        self.confirmations = SqlAlchemyConfirmationRepository(conn, self.track)
+        self.connectors = SqlAlchemyConnectorRepository(conn)
 
 
 ErpUnitOfWork = UnitOfWork[ErpTransaction]

@@ -6,9 +6,18 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.erp_adapter.tables import conflict, import_run, integration_log
+from services.erp_adapter.reconciliation import Acknowledged, Report, reconcile
+from services.erp_adapter.tables import (
+    confirmation,
+    conflict,
+    connector,
+    dispatch_replica,
+    import_run,
+    integration_log,
+)
 
 
 async def list_runs(
@@ -74,3 +83,59 @@ async def fetch_conflict(engine: AsyncEngine, conflict_id: uuid.UUID) -> dict[st
         found = (await conn.execute(sa.select(conflict).where(conflict.c.id == conflict_id))
                  ).mappings().first()
         return dict(found) if found else None
+
+
+async def list_confirmations(engine: AsyncEngine, *, limit: int, offset: int,
+                             **filters: Any) -> list[dict[str, Any]]:
+    """Newest first; `filters`: column → value (None: any)."""
+    query = sa.select(confirmation)
+    for column, value in filters.items():
+        if value is not None:
+            query = query.where(confirmation.c[column] == value)
+    query = query.order_by(confirmation.c.seq.desc())
+    async with engine.connect() as conn:
+        rows = await conn.execute(query.limit(limit).offset(offset))
+        return [dict(r) for r in rows.mappings()]
+
+
+async def fetch_confirmation(engine: AsyncEngine, confirmation_id: uuid.UUID
+                             ) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        found = (await conn.execute(sa.select(confirmation).where(
+            confirmation.c.id == confirmation_id))).mappings().first()
+        return dict(found) if found else None
+
+
+async def list_connectors(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.select(connector).order_by(connector.c.name))
+        return [dict(r) for r in rows.mappings()]
+
+
+async def reconciliation(engine: AsyncEngine) -> Report:
+    """Shipped dispatches (the replica) against the ERP's acknowledgements, field by field."""
+    newest = (sa.select(confirmation.c.dispatch_id, confirmation.c.status,
+                        confirmation.c.event_id, confirmation.c.document, confirmation.c.response)
+              .order_by(confirmation.c.dispatch_id, confirmation.c.dispatch_version.desc(),
+                        confirmation.c.seq.desc()))
+    one_per_dispatch = distinct_on(confirmation.c.dispatch_id)  # the newest of each
+    async with engine.connect() as conn:
+        replica = (await conn.execute(sa.select(dispatch_replica).where(
+            dispatch_replica.c.shipped_at.is_not(None)))).mappings().all()
+        latest = (await conn.execute(newest.ext(one_per_dispatch))).mappings().all()
+        acked = (await conn.execute(newest.where(
+            confirmation.c.status == "acknowledged").ext(one_per_dispatch))
+                 ).mappings().all()
+        unmatched = (await conn.execute(sa.select(integration_log.c.record_key,
+                                                  integration_log.c.detail).where(
+            integration_log.c.kind == "confirmation",
+            integration_log.c.outcome == "unmatched"))).mappings().all()
+    shipped = {r["dispatch_id"]: {"order_id": r["order_id"], "carrier": r["carrier"],
+                                  "tracking_number": r["tracking_number"], "lines": r["lines"]}
+               for r in replica}
+    return reconcile(
+        shipped,
+        {r["dispatch_id"]: Acknowledged(str(r["event_id"]), r["document"], r["response"])
+         for r in acked},
+        {r["dispatch_id"]: r["status"] for r in latest},
+        [{"idempotency_key": r["record_key"], "detail": r["detail"]} for r in unmatched])

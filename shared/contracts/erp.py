@@ -11,6 +11,8 @@ from shared.contracts.envelope import Contract
 CUSTOMER_UPSERTED = "erp.customer.upserted"
 PRODUCT_UPSERTED = "erp.product.upserted"
 CONFLICT_DETECTED = "erp.conflict.detected"
+CONFIRMATION_POSTED = "erp.confirmation.posted"
+CONFIRMATION_FAILED = "erp.confirmation.failed"
 
 
 class CustomerUpserted(Contract):
@@ -49,3 +51,28 @@ class ConflictDetected(Contract):
     connector: str = Field(description="how the record came in: file-import, http-records")
     reopened: bool = False
     occurrences: int = Field(default=1, ge=1)
+
+
+class ConfirmationChanged(Contract):
+    confirmation_id: str
+    idempotency_key: str = Field(description="the dispatch event confirmed: what the ERP dedups on")
+    kind: str = Field(description="shipped or corrected")
+    dispatch_id: str
+    order_id: str
+    dispatch_version: int = Field(ge=1)
+    connector: str
+    status: str
+    attempts: int = Field(ge=0)
+
+
+class ConfirmationPosted(ConfirmationChanged):
+    """A delivery confirmation reached the ERP (`status` acknowledged, or posted while an
+    acknowledgement file is awaited)."""
+
+    response: dict[str, Any] | None = None
+
+
+class ConfirmationFailed(ConfirmationChanged):
+    """A delivery confirmation was given up on; `POST /confirmations/{id}/retry` sends it again."""
+
+    last_error: str | None = None

@@ -103,10 +103,12 @@ class Stack(IsolatedStack):
 
 
 @contextlib.asynccontextmanager
-async def running_stack(servers: Servers, namespace: str, log_dir: Path) -> AsyncIterator[Stack]:
+async def running_stack(servers: Servers, namespace: str, log_dir: Path,
+                        extra_env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
     """Migrate four fresh databases, start the four services, load the sample ERP export.
 
-    On the way out every service must stop by itself, cleanly, without a traceback.
+    `extra_env`: more SPINE_* variables for every service (an export folder, say). On the way
+    out every service must stop by itself, cleanly, without a traceback.
     """
     smtp_port = free_port()
     stack = Stack(
@@ -116,7 +118,8 @@ async def running_stack(servers: Servers, namespace: str, log_dir: Path) -> Asyn
         # they could take every connection of a stock PostgreSQL (max_connections = 100).
         # The notification service mails through this stack's own SMTP server, checking often.
         extra_env={"SPINE_DB_POOL_SIZE": "6", "SPINE_SMTP_HOST": "127.0.0.1",
-                   "SPINE_SMTP_PORT": str(smtp_port), "SPINE_SENDER_INTERVAL_S": "0.2"},
+                   "SPINE_SMTP_PORT": str(smtp_port), "SPINE_SENDER_INTERVAL_S": "0.2",
+                   **(extra_env or {})},
     )
     smtp = Controller(_Mailbox(stack.mails), hostname="127.0.0.1", port=smtp_port)
     smtp.start()

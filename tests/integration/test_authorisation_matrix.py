@@ -355,6 +355,17 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("erp_adapter", "POST", "/conflicts/{conflict_id}/resolve"): _fixed(
         "POST", f"/conflicts/{_some_id()}/resolve",
         json={"resolution": "keep_spine", "reason": "Spine is right"}),
+    ("erp_adapter", "GET", "/connectors"): _fixed("GET", "/connectors"),
+    ("erp_adapter", "PUT", "/connectors/{name}"): _fixed("PUT", "/connectors/file",
+                                                         json={"mode": "approve"}),
+    ("erp_adapter", "GET", "/confirmations"): _fixed("GET", "/confirmations"),
+    ("erp_adapter", "GET", "/confirmations/{confirmation_id}"): _fixed(
+        "GET", f"/confirmations/{_some_id()}"),
+    ("erp_adapter", "POST", "/confirmations/{confirmation_id}/approve"): _fixed(
+        "POST", f"/confirmations/{_some_id()}/approve"),
+    ("erp_adapter", "POST", "/confirmations/{confirmation_id}/retry"): _fixed(
+        "POST", f"/confirmations/{_some_id()}/retry"),
+    ("erp_adapter", "GET", "/reconciliation"): _fixed("GET", "/reconciliation"),
 }
 
 CELLS = [(service, method, path, role, allowed)

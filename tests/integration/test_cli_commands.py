@@ -198,9 +198,9 @@ async def test_dlq_list_on_a_fresh_namespace_counts_no_dead_letter_in_any_known_
     ran = await spine("dlq", "list")
     assert ran.code == 0, ran.err
     lines = ran.out.splitlines()
-    assert lines[-2:] == ["0 dead letter(s) in 8 known dead-letter queue(s)",
+    assert lines[-2:] == ["0 dead letter(s) in 10 known dead-letter queue(s)",
                           f"{namespace}.unrouted: 0 event(s) no queue was bound for"]
-    assert all(line.endswith(": 0 dead letter(s)") for line in lines[:-2]) and len(lines) == 10
+    assert all(line.endswith(": 0 dead letter(s)") for line in lines[:-2]) and len(lines) == 12
 
 
 async def test_dlq_list_of_a_queue_that_does_not_exist_says_so_and_exits_1(spine: Spine) -> None:

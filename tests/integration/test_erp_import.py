@@ -27,7 +27,7 @@ from services.erp_adapter.main import build
 from shared.auth import JwtVerifier
 from shared.db.migrate import downgrade, upgrade
 from shared.db.roles import owner_url
-from shared.messaging.topology import Topology
+from shared.messaging.topology import Topology, consumer_queues
 from spine_cli import erp as erp_command
 from spine_cli import settings as cli_settings
 from spine_cli.main import main as spine
@@ -132,6 +132,11 @@ async def isolated_erp(
             finally:
                 await db.close()
                 await observed.delete(if_unused=False, if_empty=False)
+                # The service declared its consumer queues and their dead-letter queues.
+                topology = Topology(unique)
+                for queue in consumer_queues(topology, "erp_adapter"):
+                    for name in (queue.name, topology.dead_letter_queue(queue.name).name):
+                        await channel.queue_delete(name)
                 for name in (f"{unique}.events", f"{unique}.dlx"):
                     await channel.exchange_delete(name)
         finally:
@@ -391,8 +396,8 @@ async def test_the_command_refuses_a_database_that_is_not_migrated(
 
 async def test_the_migration_downgrades_to_nothing_and_upgrades_again(erp: Erp) -> None:
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1"
-    assert await erp.db.fetchval(tables, "alembic_version") == 9
+    assert await erp.db.fetchval(tables, "alembic_version") == 11
     await migrate(erp, downgrade)
     assert await erp.db.fetchval(tables, "alembic_version") == 0
     await migrate(erp, upgrade)
-    assert await erp.db.fetchval(tables, "alembic_version") == 9
+    assert await erp.db.fetchval(tables, "alembic_version") == 11

@@ -68,6 +68,8 @@ def test_the_topology_declares_the_queues_and_bindings_the_registry_lists() -> N
         "ns.dispatch.production-exception": "ext.*.production.exception",
         "ns.dispatch.dispatch-progress": "ext.*.dispatch.progress",
         "ns.notification.events": "dispatch.approval.approved",
+        "ns.erp_adapter.dispatch-shipped": "dispatch.shipped",
+        "ns.erp_adapter.dispatch-corrected": "dispatch.corrected",
     }
     assert known_queues("ns") == list(expected)
     topology = Topology("ns")

@@ -43,11 +43,12 @@ def test_each_service_subscribes_to_exactly_the_queues_the_table_lists(service: 
     )
 
 
-def test_a_service_that_consumes_nothing_has_no_queues() -> None:
-    assert consumer_queues(TOPOLOGY, "erp_adapter") == []
+def test_the_erp_adapter_consumes_only_the_dispatch_events_that_become_confirmations() -> None:
+    assert [q.routing() for q in consumer_queues(TOPOLOGY, "erp_adapter")] == [
+        "dispatch.shipped", "dispatch.corrected"]
 
 
-@pytest.mark.parametrize("service", [*sorted(CONSUMER_QUEUES), "erp_adapter"])
+@pytest.mark.parametrize("service", sorted(CONSUMER_QUEUES))
 def test_every_services_broker_can_tell_its_queues_apart(service: str) -> None:
     make_broker("amqp://unused/", service=service, topology=TOPOLOGY, prefetch=1)
 

@@ -16,6 +16,13 @@ from services.erp_adapter.handlers import (
     ResolveConflict,
     handle,
 )
+from services.erp_adapter.outbound import (
+    ApproveConfirmation,
+    RecordCorrection,
+    RecordShipment,
+    RetryConfirmation,
+    SetConnectorMode,
+)
 from shared.contracts.envelope import Actor
 from shared.workflow import InvalidInput
 from tests.unit.erp_adapter.fakes import FakeErp, fake_unit_of_work
@@ -183,4 +190,6 @@ async def test_a_failed_batch_keeps_the_batches_before_it_and_leaves_the_run_unf
 
 
 def test_every_command_has_exactly_one_handler() -> None:
-    assert set(HANDLERS) == {ImportExport, ReceiveRecord, ResolveConflict}
+    assert set(HANDLERS) == {ImportExport, ReceiveRecord, ResolveConflict, RecordShipment,
+                             RecordCorrection, ApproveConfirmation, RetryConfirmation,
+                             SetConnectorMode}
