@@ -139,7 +139,8 @@ async def order_timeline(engine: AsyncEngine, order_id: str, *, limit: int,
         a.occurred_at, a.actor_id, a.actor_role, a.action, a.entity_type, a.entity_id,
         a.from_state, a.to_state, a.reason, a.correlation_id,
         trace_id_at(outbox, a.correlation_id, a.occurred_at).label("trace_id"),
-        a.details.op("||")(about).label("details"), sa.literal(1).label("seq"),
+        # The row's own facts (attempts then) win over the delivery's current ones.
+        about.op("||")(a.details).label("details"), sa.literal(1).label("seq"),
         a.id.label("audit_id"),
     ).join(ours, (a.entity_type == "delivery") & (a.entity_id == sa.cast(ours.c.id, sa.Text)))
     both = sa.union_all(created, changed).subquery()
