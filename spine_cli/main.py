@@ -25,6 +25,7 @@ from spine_cli.errors import CliError, Options
 from spine_cli.groups import OrderedGroup
 from spine_cli.notification import notification
 from spine_cli.orders import publish_raw, submit_order, watch
+from spine_cli.timeline import timeline
 from spine_cli.tokens import token
 from spine_cli.topology import topology
 
@@ -103,6 +104,7 @@ cli.add_command(watch)
 cli.add_command(dispatch)
 cli.add_command(erp)
 cli.add_command(notification)
+cli.add_command(timeline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,10 @@ class CliSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True)
 
     jwt_secret: SecretStr | None = None  # no min_length: `secret()` says what is wrong
+    order_url: str = f"http://127.0.0.1:{registry.ORDER.http_port}"
     dispatch_url: str = f"http://127.0.0.1:{registry.DISPATCH.http_port}"
+    notification_url: str = f"http://127.0.0.1:{registry.NOTIFICATION.http_port}"
+    erp_adapter_url: str = f"http://127.0.0.1:{registry.ERP_ADAPTER.http_port}"
 
     @field_validator("jwt_secret")
     @classmethod

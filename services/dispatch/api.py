@@ -33,7 +33,7 @@ from services.dispatch.handlers import (
     handle,
 )
 from services.dispatch.unit_of_work import DispatchUnitOfWork
-from shared.audit import AuditEntry
+from shared.audit import AuditEntry, TimelineOut
 from shared.auth import Principal
 from shared.tokens import ROLES
 from shared.web import params
@@ -43,6 +43,8 @@ from shared.web.problems import responses
 router = APIRouter(prefix="/dispatches", tags=["dispatches"])
 exceptions_router = APIRouter(prefix="/exceptions", tags=["exceptions"])
 approvals_router = APIRouter(prefix="/approvals", tags=["approvals"])
+# The dispatch's part of the cross-service timeline; `/timeline` in every service, so no prefix.
+timeline_router = APIRouter(tags=["timeline"])
 UowDep = Annotated[DispatchUnitOfWork, Depends(unit_of_work)]
 # Roles a person's token may carry; anything else in a token (e.g. "system") grants nothing.
 PERSON_ROLES = frozenset(ROLES)
@@ -292,6 +294,22 @@ async def get_history(dispatch_id: uuid.UUID, engine: EngineDep, _: ReaderDep) -
     if found is None:
         raise HTTPException(404, f"no dispatch {dispatch_id}")
     return found
+
+
+@timeline_router.get("/timeline", response_model=TimelineOut,
+                     summary="The dispatch service's part of one order's timeline: its "
+                             "dispatch, exceptions, approvals and corrections, oldest first",
+                     responses=responses(401, 403, 422))
+async def get_timeline(
+    engine: EngineDep,
+    _: ReaderDep,
+    order_id: Annotated[str, params.text("the order's id", max_length=200)],
+    limit: Annotated[int, params.limit(1000)] = 500,
+    offset: params.Offset = 0,
+) -> dict[str, Any]:
+    # An order without a dispatch yet is an empty part, not a 404.
+    entries = await views.order_timeline(engine, order_id, limit=limit, offset=offset)
+    return {"order_id": order_id, "service": "dispatch", "entries": entries}
 
 
 @exceptions_router.get("", response_model=list[ExceptionOut], summary="List exceptions, earliest due first",

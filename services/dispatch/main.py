@@ -21,7 +21,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
                          system_roles=settings.roles_of_systems())
     runtime.workers["escalation"] = lambda: run_escalation_timer(uow, settings.escalation_interval_s)
     return runtime, runtime.app(routers=[api.router, api.exceptions_router, api.approvals_router,
-                                         dead_letters_router(NAME)], uow=uow,
+                                         api.timeline_router, dead_letters_router(NAME)], uow=uow,
                                 permissions=permissions.PERMISSIONS,
                                 published=publishers.PUBLISHED)
 

@@ -52,6 +52,7 @@ PERMISSIONS = Permissions("dispatch", {
     ("GET", "/approvals/{approval_id}"): EVERY_ROLE,
     ("POST", "/approvals/{approval_id}/approve"): _movers(APPROVALS),
     ("POST", "/approvals/{approval_id}/reject"): _movers(APPROVALS),
+    ("GET", "/timeline"): EVERY_ROLE,
     **dead_letters.PERMISSIONS,
 }, notes={
     ("POST", "/dispatches/{dispatch_id}/transitions"):

@@ -9,8 +9,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.dispatch.domain import ENTITY
-from services.dispatch.tables import dispatch, dispatch_approval, dispatch_exception
-from shared.audit import history
+from services.dispatch.tables import (
+    audit_log,
+    dispatch,
+    dispatch_approval,
+    dispatch_exception,
+    outbox,
+)
+from shared.audit import history, timeline
 
 
 async def list_dispatches(
@@ -52,6 +58,26 @@ async def dispatch_history(engine: AsyncEngine, dispatch_id: uuid.UUID) -> list[
         exists = (await conn.execute(sa.select(dispatch.c.id).where(dispatch.c.id == dispatch_id))
                   ).first()
         return await history(conn, ENTITY, str(dispatch_id)) if exists else None
+
+
+async def order_timeline(engine: AsyncEngine, order_id: str, *, limit: int,
+                         offset: int) -> list[dict[str, Any]]:
+    """The dispatch service's part of an order's timeline, from its audit log.
+
+    Found by entity, not by correlation id: a person's move over HTTP starts a new correlation,
+    so the id only ties together what one message caused. Exceptions, approvals and corrections
+    are audited as rows of their dispatch (their own ids are in `details`), so the dispatch's
+    rows are all of them; a cancellation parked before the dispatch existed is a row of the
+    order, and a rejected outside report names the order, when it could, in its details.
+    """
+    a = audit_log.c
+    dispatch_ids = sa.select(sa.cast(dispatch.c.id, sa.Text)).where(dispatch.c.order_id == order_id)
+    about = (((a.entity_type == ENTITY) & a.entity_id.in_(dispatch_ids))
+             | ((a.entity_type == "order") & (a.entity_id == order_id))
+             | ((a.entity_type == "external_report") & (a.details["order_id"].astext == order_id)))
+    async with engine.connect() as conn:
+        return await timeline(conn, audit_log, outbox, about, service="dispatch", limit=limit,
+                              offset=offset)
 
 
 _EXCEPTION_COLUMNS = (

@@ -14,6 +14,7 @@ from services.notification import views
 from services.notification.domain import DeliveryNotFound, NotRetriable, UnreadablePeopleFile
 from services.notification.handlers import ImportPeople, RetryDelivery, handle
 from services.notification.unit_of_work import NotificationUnitOfWork
+from shared.audit import TimelineOut
 from shared.auth import Principal, require_roles
 from shared.tokens import ROLES
 from shared.web import params
@@ -132,6 +133,23 @@ async def post_read(delivery_id: uuid.UUID, engine: EngineDep,
     if found is None:
         raise HTTPException(404, f"no notification {delivery_id} in your inbox")
     return found
+
+
+@people_router.get("/timeline", response_model=TimelineOut,
+                   summary="The notification service's part of one order's timeline: the "
+                           "deliveries its events caused, oldest first",
+                   responses=responses(401, 403, 422))
+async def get_timeline(
+    engine: EngineDep,
+    # Deliveries name recipients and addresses: the readers of /deliveries, not every role.
+    _: RulesReaderDep,
+    order_id: Annotated[str, params.text("the order's id", max_length=200)],
+    limit: Annotated[int, params.limit(1000)] = 500,
+    offset: params.Offset = 0,
+) -> dict[str, Any]:
+    # An order nobody was told about is an empty part, not a 404.
+    entries = await views.order_timeline(engine, order_id, limit=limit, offset=offset)
+    return {"order_id": order_id, "service": "notification", "entries": entries}
 
 
 @people_router.get("/deliveries", response_model=list[DeliveryOut],

@@ -10,6 +10,8 @@ PERMISSIONS = Permissions("notification", {
     ("GET", "/events"): frozenset({"ops", "supervisor"}),
     ("GET", "/rules"): frozenset({"ops", "supervisor"}),
     ("GET", "/deliveries"): frozenset({"ops", "supervisor"}),
+    # An order's deliveries name their recipients: the same readers as /deliveries.
+    ("GET", "/timeline"): frozenset({"ops", "supervisor"}),
     # Ops operate the channels: sending a failed delivery again is theirs.
     ("POST", "/deliveries/{delivery_id}/retry"): frozenset({"ops"}),
     # The directory holds addresses and webhook secrets: ops load it, supervisors may read it.

@@ -8,7 +8,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.notification.tables import notification_delivery, observed_event, person
+from services.notification.domain import SYSTEM_ACTOR
+from services.notification.tables import (
+    audit_log,
+    notification_delivery,
+    observed_event,
+    outbox,
+    person,
+)
+from shared.audit import trace_id_at
 
 
 async def list_events(
@@ -94,3 +102,51 @@ async def people(engine: AsyncEngine, *, role: str | None, limit: int,
     async with engine.connect() as conn:
         rows = await conn.execute(query.limit(limit).offset(offset))
         return [dict(r) for r in rows.mappings()]
+
+
+async def order_timeline(engine: AsyncEngine, order_id: str, *, limit: int,
+                         offset: int) -> list[dict[str, Any]]:
+    """The notification service's part of an order's timeline: whom its events told, and how.
+
+    The deliveries of every observed event whose data names the order (order and dispatch
+    events all carry `order_id`): one entry when each was created (by this service, as the
+    event was recorded), then its audit rows (delivered, failed, retried). Each entry's details
+    say recipient, channel, current status, attempts, rule and the causing event.
+    """
+    ours = (sa.select(_d, observed_event.c.correlation_id)
+            .join(observed_event, observed_event.c.event_id == _d.c.event_id)
+            # No index on data->>'order_id': the deliveries drive the join, not the events.
+            .where(observed_event.c.data["order_id"].astext == order_id)
+            .cte("ours"))
+    about = sa.func.jsonb_build_object(
+        "recipient", ours.c.recipient, "channel", ours.c.channel, "status", ours.c.status,
+        "attempts", ours.c.attempts, "rule_id", ours.c.rule_id, "event_type", ours.c.event_type,
+        "event_id", ours.c.event_id, "title", ours.c.title, "last_error", ours.c.last_error)
+    # An inbox entry is sent the moment it is created (the same now()); the others wait.
+    created_as = sa.case((ours.c.sent_at == ours.c.created_at, "sent"), else_="pending")
+    created = sa.select(
+        ours.c.created_at.label("occurred_at"), sa.literal(SYSTEM_ACTOR.id).label("actor_id"),
+        sa.literal(SYSTEM_ACTOR.role).label("actor_role"),
+        sa.literal("notification.created").label("action"),
+        sa.literal("delivery").label("entity_type"),
+        sa.cast(ours.c.id, sa.Text).label("entity_id"),
+        sa.null().label("from_state"), created_as.label("to_state"), sa.null().label("reason"),
+        ours.c.correlation_id,
+        trace_id_at(outbox, ours.c.correlation_id, ours.c.created_at).label("trace_id"),
+        about.label("details"), sa.literal(0).label("seq"), sa.literal(0).label("audit_id"))
+    a = audit_log.c
+    changed = sa.select(
+        a.occurred_at, a.actor_id, a.actor_role, a.action, a.entity_type, a.entity_id,
+        a.from_state, a.to_state, a.reason, a.correlation_id,
+        trace_id_at(outbox, a.correlation_id, a.occurred_at).label("trace_id"),
+        # The row's own facts (attempts then) win over the delivery's current ones.
+        about.op("||")(a.details).label("details"), sa.literal(1).label("seq"),
+        a.id.label("audit_id"),
+    ).join(ours, (a.entity_type == "delivery") & (a.entity_id == sa.cast(ours.c.id, sa.Text)))
+    both = sa.union_all(created, changed).subquery()
+    query = (sa.select(*(c for c in both.c if c.name not in ("seq", "audit_id")))
+             .order_by(both.c.occurred_at, both.c.seq, both.c.audit_id, both.c.entity_id)
+             .limit(limit).offset(offset))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings()
+        return [{**r, "service": "notification"} for r in rows]

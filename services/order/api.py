@@ -16,7 +16,7 @@ from services.order import views
 from services.order.domain import Order, OrderDraft, OrderLine, Status, person_roles_for_target
 from services.order.handlers import CancelOrder, ConfirmOrder, PlacedOrder, PlaceOrder, handle
 from services.order.unit_of_work import OrderUnitOfWork
-from shared.audit import AuditEntry
+from shared.audit import AuditEntry, TimelineOut
 from shared.auth import Principal, require_roles
 from shared.contracts import ext
 from shared.web import params
@@ -26,6 +26,8 @@ from shared.web.problems import responses
 from shared.web.rate_limit import within_rate
 
 router = APIRouter(prefix="/orders", tags=["orders"])
+# The order's part of the cross-service timeline; `/timeline` in every service, so no prefix.
+timeline_router = APIRouter(tags=["timeline"])
 UowDep = Annotated[OrderUnitOfWork, Depends(unit_of_work)]
 
 # Who may do what comes from the domain's transition table, never from a second list here.
@@ -222,6 +224,21 @@ async def get_history(order_id: uuid.UUID, engine: EngineDep, _: ReaderDep) -> l
     if found is None:
         raise HTTPException(404, f"no order {order_id}")
     return found
+
+
+@timeline_router.get("/timeline", response_model=TimelineOut,
+                     summary="The order service's part of one order's timeline: the order's "
+                             "audit rows, oldest first", responses=responses(401, 403, 422))
+async def get_timeline(
+    engine: EngineDep,
+    _: ReaderDep,
+    order_id: Annotated[str, params.text("the order's id", max_length=200)],
+    limit: Annotated[int, params.limit(1000)] = 500,
+    offset: params.Offset = 0,
+) -> dict[str, Any]:
+    # An unknown order is an empty part, not a 404: the service recorded nothing about it.
+    entries = await views.order_timeline(engine, order_id, limit=limit, offset=offset)
+    return {"order_id": order_id, "service": "order", "entries": entries}
 
 
 def _order_response(order: Order) -> JSONResponse:

@@ -20,7 +20,7 @@ def build(settings: Settings | None = None) -> tuple[Runtime, FastAPI]:
     uow = sql_unit_of_work(runtime.engine)
     subscribers.register(runtime.broker, runtime.topology, uow,
                          intake_limits=RateLimiter(settings.intake_limits))
-    app = runtime.app(routers=[api.router, dead_letters_router(NAME)], uow=uow,
+    app = runtime.app(routers=[api.router, api.timeline_router, dead_letters_router(NAME)], uow=uow,
                       permissions=permissions.PERMISSIONS, published=publishers.PUBLISHED)
     use_rate_limiter(app, RateLimiter(settings.http_limits))
     return runtime, app

@@ -14,6 +14,7 @@ PERMISSIONS = Permissions("order", {
     ("GET", "/orders"): EVERY_ROLE,
     ("GET", "/orders/{order_id}"): EVERY_ROLE,
     ("GET", "/orders/{order_id}/history"): EVERY_ROLE,
+    ("GET", "/timeline"): EVERY_ROLE,
     **dead_letters.PERMISSIONS,
 }, notes={
     ("POST", "/orders"): "WORKFLOW: the creation edge into received",

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.order.domain import ENTITY, Order, OrderLine, Status
 from services.order.repository import ORDERS_WITH_LINES, order_from_row
-from services.order.tables import customer_order
-from shared.audit import history
+from services.order.tables import audit_log, customer_order, outbox
+from shared.audit import history, timeline
 
 # What POST /orders answers for the order it created, the first time and on every replay.
 CREATED = 201
@@ -107,3 +107,16 @@ async def order_history(engine: AsyncEngine, order_id: uuid.UUID) -> list[dict[s
         exists = (await conn.execute(
             sa.select(customer_order.c.id).where(customer_order.c.id == order_id))).first()
         return await history(conn, ENTITY, str(order_id)) if exists else None
+
+
+async def order_timeline(engine: AsyncEngine, order_id: str, *, limit: int,
+                         offset: int) -> list[dict[str, Any]]:
+    """The order service's part of an order's timeline: the order's own audit rows.
+
+    A submission refused before it became an order (`order.rejected`) names no order id, so it
+    is not part of any order's timeline; a duplicate submission names the order it repeated.
+    """
+    about = (audit_log.c.entity_type == ENTITY) & (audit_log.c.entity_id == order_id)
+    async with engine.connect() as conn:
+        return await timeline(conn, audit_log, outbox, about, service="order", limit=limit,
+                              offset=offset)

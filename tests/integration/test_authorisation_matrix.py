@@ -316,6 +316,7 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("order", "GET", "/orders"): _fixed("GET", "/orders"),
     ("order", "GET", "/orders/{order_id}"): _fixed("GET", f"/orders/{_some_id()}"),
     ("order", "GET", "/orders/{order_id}/history"): _fixed("GET", f"/orders/{_some_id()}/history"),
+    ("order", "GET", "/timeline"): _fixed("GET", "/timeline", params={"order_id": _some_id()}),
     ("dispatch", "GET", "/dispatches"): _fixed("GET", "/dispatches"),
     ("dispatch", "GET", "/dispatches/{dispatch_id}"): _fixed("GET", f"/dispatches/{_some_id()}"),
     ("dispatch", "POST", "/dispatches/{dispatch_id}/transitions"): _hold_request,
@@ -324,6 +325,7 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("dispatch", "POST", "/dispatches/{dispatch_id}/exceptions"): _exception_opened_by,
     ("dispatch", "POST", "/dispatches/{dispatch_id}/corrections"): _correction,
     ("dispatch", "GET", "/exceptions"): _fixed("GET", "/exceptions"),
+    ("dispatch", "GET", "/timeline"): _fixed("GET", "/timeline", params={"order_id": "o-1"}),
     ("dispatch", "GET", "/exceptions/{exception_id}"): _fixed("GET", f"/exceptions/{_some_id()}"),
     ("dispatch", "POST", "/exceptions/{exception_id}/acknowledge"): _acknowledge,
     ("dispatch", "POST", "/exceptions/{exception_id}/resolve"): _resolve,
@@ -334,6 +336,7 @@ REQUESTS: dict[tuple[str, str, str], Prepare] = {
     ("notification", "GET", "/events"): _fixed("GET", "/events"),
     ("notification", "GET", "/rules"): _fixed("GET", "/rules"),
     ("notification", "GET", "/deliveries"): _fixed("GET", "/deliveries"),
+    ("notification", "GET", "/timeline"): _fixed("GET", "/timeline", params={"order_id": "o-1"}),
     ("notification", "GET", "/inbox"): _fixed("GET", "/inbox"),
     ("notification", "POST", "/inbox/{delivery_id}/read"):
         _fixed("POST", f"/inbox/{_some_id()}/read"),

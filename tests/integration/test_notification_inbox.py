@@ -313,3 +313,48 @@ def test_a_bad_rules_file_stops_the_service_naming_the_rule_and_field(
     with pytest.raises(RulesError, match="rule 'tell-boss', field notify"):
         build(Settings(_env_file=None, pg_url=servers.pg_url, amqp_url=servers.amqp_url,
                        jwt_secret=secrets.token_hex(32), rules_file=bad))
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+async def test_the_timeline_tells_whom_an_orders_events_told_on_which_channel_and_how_it_went(
+    notification: Notification,
+) -> None:
+    ours = exception_opened("u-anna", reason_code="quality_hold")
+    ours["data"]["order_id"] = order_id = f"o-{uuid.uuid4().hex[:8]}"
+    theirs = exception_opened("u-anna")  # order o-9's, not in this story
+    async with notification.service() as http:
+        for event in (ours, theirs):
+            await notification.publish_event(event)
+        await notification.wait_for(
+            "SELECT count(*) = 3 FROM notification_delivery WHERE event_id IN ($1::uuid, $2::uuid)",
+            ours["event_id"], theirs["event_id"])
+        answer = await http.get("/timeline", params={"order_id": order_id},
+                                headers=notification.token("supervisor"))
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert (body["order_id"], body["service"]) == (order_id, "notification")
+        entries = sorted(body["entries"], key=lambda e: e["details"]["recipient"])
+        assert [(e["action"], e["from_state"], e["to_state"], e["details"]["recipient"],
+                 e["details"]["channel"], e["details"]["rule_id"]) for e in entries] == [
+            ("notification.created", None, "sent", "role:supervisor", "inbox",
+             "blocking-quality-hold-to-supervisors"),
+            ("notification.created", None, "sent", "user:u-anna", "inbox",
+             "exception-opened-to-owner"),
+        ]
+        for entry in entries:
+            assert (entry["actor_id"], entry["actor_role"]) == ("notification", "system")
+            assert entry["details"]["event_type"] == "dispatch.exception.opened"
+            assert entry["details"]["event_id"] == ours["event_id"]
+            assert (entry["details"]["status"], entry["details"]["attempts"]) == ("sent", 1)
+            assert entry["correlation_id"] == str(ours["correlation_id"])
+            # Recording the event published nothing: no trace id is on record for it.
+            assert entry["trace_id"] is None
+        # Deliveries name recipients: not for every reader.
+        refused = await http.get("/timeline", params={"order_id": order_id},
+                                 headers=notification.token("sales"))
+        assert refused.status_code == 403
+        nobody = await http.get("/timeline", params={"order_id": "o-nobody"},
+                                headers=notification.token("ops"))
+        assert nobody.status_code == 200 and nobody.json()["entries"] == []

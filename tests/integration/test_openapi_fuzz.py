@@ -87,7 +87,7 @@ FUZZ_SETTINGS = hypothesis.settings(
 SHIP_TO = {"name": "Plant 1", "street": "Hauptstrasse 1", "city": "Linz", "postal_code": "4020",
            "country": "AT"}
 LINES = [{"line_no": 1, "product_id": "P-1", "quantity": "2", "uom": "EA"}]
-Seeded = dict[str, list[str]]  # path parameter → ids that exist
+Seeded = dict[str, list[str]]  # path (or timeline query) parameter → ids that exist
 
 
 async def _seed_order(engine: Any) -> Seeded:
@@ -111,10 +111,11 @@ async def _seed_order(engine: Any) -> Seeded:
 async def _seed_dispatch(engine: Any) -> Seeded:
     uow = dispatch_uow.sql_unit_of_work(engine)
     ids = []
-    for _ in range(3):
+    orders = [f"o-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for order_id in orders:
         ids.append(await handle_dispatch(CreateDispatch(
             event_id=str(uuid.uuid4()), consumer="fuzz.seed", correlation_id=uuid.uuid4(),
-            order=OrderSnapshot(order_id=f"o-{uuid.uuid4().hex[:8]}", external_ref=None,
+            order=OrderSnapshot(order_id=order_id, external_ref=None,
                                 source=None, customer_id="C-1",
                                 requested_ship_date=date(2027, 1, 15), priority="normal",
                                 ship_to=SHIP_TO, lines=LINES)), uow))
@@ -136,7 +137,8 @@ async def _seed_dispatch(engine: Any) -> Seeded:
             dispatch_id=uuid.UUID(ids[1]), to=target, actor_id=f"u-{role}",
             expected_version=2 if target == Status.PICKING else 3, roles=frozenset({role}),
             reason="customer withdrew"), uow)
-    return {"dispatch_id": ids, "exception_id": exceptions, "approval_id": [str(moved.approval.id)]}
+    return {"dispatch_id": ids, "exception_id": exceptions, "approval_id": [str(moved.approval.id)],
+            "order_id": orders}
 
 
 async def _seed_erp_adapter(engine: Any) -> Seeded:
@@ -178,6 +180,9 @@ def _aim(case: Any, seeded: Seeded, turn: int) -> None:
         if name in seeded:
             case.path_parameters[name] = seeded[name][turn % len(seeded[name])]
             aimed = True
+    # An order's timeline is asked by a query parameter: a seeded order's has entries to show.
+    if case.path == "/timeline" and isinstance(case.query, dict) and seeded.get("order_id"):
+        case.query["order_id"] = seeded["order_id"][turn % len(seeded["order_id"])]
     if aimed and case.method == "POST":
         # A version some seeded row has and others have not: a move, 409 or 412.
         case.headers = {**(case.headers or {}), "If-Match": f'"{turn % 3 + 1}"'}

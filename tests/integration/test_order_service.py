@@ -731,3 +731,57 @@ async def test_metrics_count_and_time_each_request_by_route_template(svc: OrderS
     assert 'spine_http_requests_total{method="GET",route="/orders/{order_id}",service="order",' \
            'status="404"}' in metrics
     assert 'spine_http_request_seconds_count{route="/orders/{order_id}",service="order"}' in metrics
+
+
+# ------------------------------------------------------------------------------ timeline
+
+
+async def test_the_timeline_tells_an_orders_audit_rows_oldest_first_with_actors_and_trace_ids(
+    svc: OrderService,
+) -> None:
+    sales = svc.token("sales", sub="u-sam")
+    created = await svc.http.post("/orders", json={**_order_body(), "external_ref": _ref()},
+                                  headers=sales)
+    assert created.status_code == 201, created.text
+    order_id = created.json()["id"]
+    confirmed = await svc.http.post(f"/orders/{order_id}/confirm",
+                                    headers={**sales, "If-Match": '"1"'})
+    assert confirmed.status_code == 200, confirmed.text
+    cancelled = await svc.http.post(f"/orders/{order_id}/cancel", json={"reason": "customer withdrew"},
+                                    headers={**svc.token("supervisor", sub="u-boss"), "If-Match": '"2"'})
+    assert cancelled.status_code == 200, cancelled.text
+
+    # Any reader may ask; warehouse people read orders too.
+    answer = await svc.http.get("/timeline", params={"order_id": order_id},
+                                headers=svc.token("warehouse"))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["order_id"], body["service"]) == (order_id, "order")
+    entries = body["entries"]
+    assert [(e["action"], e["from_state"], e["to_state"], e["actor_id"], e["actor_role"])
+            for e in entries] == [
+        ("order.received", None, "received", "u-sam", "sales"),
+        ("order.confirmed", "received", "confirmed", "u-sam", "sales"),
+        ("order.cancelled", "confirmed", "cancelled", "u-boss", "supervisor"),
+    ]
+    assert entries[2]["reason"] == "customer withdrew"
+    assert all(e["service"] == "order" and e["entity_type"] == "order"
+               and e["entity_id"] == order_id for e in entries)
+    assert [e["occurred_at"] for e in entries] == sorted(e["occurred_at"] for e in entries)
+    # Each unit of work published its event; the event's outbox row carried the trace it ran
+    # in. One correlation id runs through the whole journey, so it alone would not tell them.
+    assert len({e["correlation_id"] for e in entries}) == 1
+    for entry in entries:
+        traceparent = await svc.db.fetchval(
+            "SELECT headers->>'traceparent' FROM outbox WHERE routing_key = $1 "
+            "AND body::jsonb->'data'->>'order_id' = $2", entry["action"], order_id)
+        assert entry["trace_id"] == traceparent.split("-")[1]
+    assert len({e["trace_id"] for e in entries}) == 3  # three requests, three traces
+
+    paged = await svc.http.get("/timeline", params={"order_id": order_id, "limit": 1, "offset": 1},
+                               headers=svc.token("ops"))
+    assert [e["action"] for e in paged.json()["entries"]] == ["order.confirmed"]
+    # An order this service never recorded: nothing to tell, not an error.
+    unknown = await svc.http.get("/timeline", params={"order_id": str(uuid.uuid4())},
+                                 headers=svc.token("ops"))
+    assert unknown.status_code == 200 and unknown.json()["entries"] == []

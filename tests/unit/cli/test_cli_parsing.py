@@ -16,7 +16,7 @@ from spine_cli.main import cli
 from tests.unit.cli.conftest import Spine
 
 TOP_LEVEL = ["db", "topology", "broker", "token", "dlq", "submit-order", "publish-raw", "watch",
-             "dispatch", "erp", "notification"]
+             "dispatch", "erp", "notification", "timeline"]
 
 
 def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
