@@ -371,3 +371,48 @@ async def test_reconciliation_shows_an_unacknowledged_confirmation_and_a_correct
     assert "    tracking_number: Spine 'T-2', ERP 'T-1'" in out
     assert out.splitlines()[-1] == "2 shipped, 1 acknowledged by the ERP, 0 in agreement, " \
                                    "2 finding(s)"
+
+
+async def test_switching_modes_while_shipments_stream_in_loses_and_doubles_nothing(erp: Erp) -> None:
+    # 90 shipments published in a stream (each twice: a redelivery must not double it) while
+    # the file connector goes shadow → auto → approve → auto; every shipment is one
+    # confirmation in the mode it met, and every one that was due to be sent is one file.
+    events = [shipped(str(uuid.uuid4()), order_id=f"o-{n}") for n in range(90)]
+
+    async def stream() -> None:
+        for event in events:
+            await publish(erp, event)
+            await publish(erp, event)
+
+    async with adapter(erp) as client:
+        publishing = asyncio.create_task(stream())
+        for mode in ("auto", "approve", "auto"):
+            await asyncio.sleep(0.25)
+            await set_mode(client, erp, "file", mode)
+        await publishing
+        await wait_for(erp, "SELECT count(*) = 90 FROM confirmation", timeout=60)
+        # What waits for approval is approved now; then everything due has been sent.
+        waiting = [r["id"] for r in await erp.db.fetch(
+            "SELECT id FROM confirmation WHERE status = 'awaiting_approval'")]
+        for confirmation_id in waiting:
+            approved = await client.post(f"/confirmations/{confirmation_id}/approve",
+                                         headers=erp.token("integration"))
+            assert approved.status_code == 200, approved.text
+        await wait_for(erp, "SELECT count(*) = 0 FROM confirmation WHERE status IN "
+                            "('pending', 'awaiting_approval')", timeout=60)
+        await asyncio.sleep(0.5)  # a second file for any of them would be written by now
+
+    statuses = Counter(r["status"] for r in await erp.db.fetch("SELECT status FROM confirmation"))
+    assert set(statuses) <= {"shadowed", "posted"}, statuses
+    assert sum(statuses.values()) == 90
+    by_event = Counter(r["event_id"] for r in await erp.db.fetch(
+        "SELECT event_id::text FROM confirmation"))
+    assert set(by_event) == {e["event_id"] for e in events} and set(by_event.values()) == {1}
+    posted = {r["event_id"] for r in await erp.db.fetch(
+        "SELECT event_id::text FROM confirmation WHERE status = 'posted'")}
+    # A file is named `<time>-<seq>-<event id>.json`: one file per posted confirmation.
+    written = Counter(f.name.removesuffix(".json")[-36:] for f in (erp.tmp_path / "export").iterdir()
+                      if f.suffix == ".json")
+    assert set(written) == posted and set(written.values()) == {1}, written
+    # The switches really happened while the shipments streamed in: each mode got some.
+    assert statuses["shadowed"] and statuses["posted"] and waiting, (statuses, len(waiting))
