@@ -179,7 +179,8 @@ async def test_topology_declare_makes_every_known_queue_and_its_dead_letter_queu
     assert ran.code == 0, ran.err
     assert ran.out.startswith(
         f"declared {namespace}.events (topic, alternate exchange {namespace}.unrouted), "
-        f"{namespace}.dlx (direct), {namespace}.unrouted (fanout) and 17 queues")
+        f"{namespace}.dlx (direct), {namespace}.unrouted (fanout) and "
+        f"{2 * len(known_queues(namespace)) + 1} queues")  # each with its DLQ, and the unrouted one
     connection = await aio_pika.connect(servers.amqp_url)
     try:
         for name in [*known_queues(namespace), f"{namespace}.unrouted"]:
