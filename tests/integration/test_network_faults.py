@@ -180,16 +180,17 @@ async def publish_dispatch_events(channel: aio_pika.abc.AbstractChannel, amqp_ur
     ids = set()
     for _ in range(count):
         envelope = new_envelope(
-            type="dispatch.created", producer="dispatch",
+            # A type the notification rules name: its queue is bound to no other kind.
+            type="dispatch.shipped", producer="dispatch",
             data={"dispatch_id": str(uuid.uuid4()), "order_id": str(uuid.uuid4()), "version": 1,
-                  "status": "pending"},
+                  "status": "shipped"},
             actor=Actor(id="dispatch", role="system"))
         await confirmed.publish(
             aio_pika.Message(json.dumps(envelope).encode(), message_id=envelope["event_id"],
                              correlation_id=envelope["correlation_id"],
                              content_type="application/json", user_id=broker_user(amqp_url),
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key="dispatch.created")
+            routing_key="dispatch.shipped")
         ids.add(str(envelope["event_id"]))
     return ids
 
