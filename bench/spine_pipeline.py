@@ -14,7 +14,9 @@ order → dispatch → notification. This does the same through Spine itself:
      aio-pika (persistent, publisher confirms, `mandatory`), at most --inflight (64) orders in
      flight end to end, or on an open-loop schedule of --rate R orders/s;
   4. completion of an order = the notification service has stored that order's
-     `dispatch.created` (table `observed_event`, matched by the order journey's correlation id).
+     `dispatch.created` (table `observed_event`, matched by the order journey's correlation id)
+     and, in the same transaction, the planners' inbox entry the bench's rule (`bench/rules.json`)
+     makes of it.
 
 Latency = completion - start of the publish. The bench finds completed orders by polling the
 notification database every --poll-ms (10) ms for the orders still in flight (an indexed
