@@ -145,3 +145,59 @@ async def test_a_crash_between_writing_a_confirmation_and_recording_it_rewrites_
     await asyncio.sleep(1)
     assert len([e for e in stack.seen if e["type"] == "erp.confirmation.posted"
                 and e["data"]["dispatch_id"] == dispatch_id]) == 1
+
+
+async def until_recorded(stack: Stack, event_id: str, timeout: float = 30.0) -> asyncpg.Record:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (row := await confirmation(stack, event_id)) is None:
+        assert asyncio.get_running_loop().time() < deadline, f"no confirmation of {event_id}"
+        await asyncio.sleep(0.1)
+    return row
+
+
+async def test_each_mode_gives_its_form_and_a_correction_after_shipping_a_corrected_confirmation(
+    erp_stack: Stack,
+) -> None:
+    stack = erp_stack
+    # shadow: what would be sent is recorded, nothing is written.
+    await set_mode(stack, "shadow")
+    _, shadowed = await ship_new_order(stack)
+    assert (await until_recorded(stack, shadowed))["status"] == "shadowed"
+    # approve: it waits for a person with the integration role.
+    await set_mode(stack, "approve")
+    _, awaiting = await ship_new_order(stack)
+    waiting = await until_recorded(stack, awaiting)
+    assert waiting["status"] == "awaiting_approval"
+    await asyncio.sleep(1.0)  # the push worker looked several times meanwhile
+    assert files_of(stack, shadowed) == [] and files_of(stack, awaiting) == []
+    async with httpx.AsyncClient(base_url=stack.url("erp_adapter"), timeout=10) as client:
+        approved = await client.post(f"/confirmations/{waiting['id']}/approve",
+                                     headers=stack.headers("integration"))
+        assert approved.status_code == 200, approved.text
+    await stack.events(lambda e: e["type"] == "erp.confirmation.posted"
+                       and e["data"]["idempotency_key"] == awaiting, timeout=30)
+    assert len(files_of(stack, awaiting)) == 1
+
+    # auto, and a correction after shipping (four eyes on the dispatch service).
+    await set_mode(stack, "auto")
+    dispatch_id, shipped = await ship_new_order(stack)
+    async with httpx.AsyncClient(base_url=stack.url("dispatch"), timeout=10) as client:
+        asked = await client.post(f"/dispatches/{dispatch_id}/corrections", json={
+            "changes": [{"field": "tracking_number", "to": "JJD0002"}],
+            "reason": "the label was misprinted"}, headers=stack.headers("shipping"))
+        assert asked.status_code == 202, asked.text
+        decided = await client.post(f"/approvals/{asked.json()['id']}/approve",
+                                    json={"comment": "checked"},
+                                    headers=stack.headers("supervisor", sub="u-boss"))
+        assert decided.status_code == 200, decided.text
+    [corrected] = await stack.events(lambda e: e["type"] == "dispatch.corrected"
+                                     and e["data"]["dispatch_id"] == dispatch_id)
+    await stack.events(lambda e: e["type"] == "erp.confirmation.posted"
+                       and e["data"]["idempotency_key"] == corrected["event_id"], timeout=30)
+    [first] = files_of(stack, shipped)
+    [second] = files_of(stack, str(corrected["event_id"]))
+    assert json.loads(first.read_text())["tracking_number"] == "JJD0001"
+    document = json.loads(second.read_text())
+    assert (document["confirmation"], document["tracking_number"]) == ("corrected", "JJD0002")
+    # Files sort in the order they must be imported: the shipment before its correction.
+    assert sorted([second.name, first.name]) == [first.name, second.name]
