@@ -86,6 +86,11 @@ is_local() {
   [[ "$host" == "127.0.0.1" || "$host" == "localhost" || "$host" == "::1" || -z "$host" ]]
 }
 
+# Does the AMQP URL name the local node's port (5672 unless the URL says otherwise)?
+is_local_port() {
+  "$PY" -c 'import sys; from urllib.parse import urlsplit; sys.exit(0 if (urlsplit(sys.argv[1]).port or 5672) == 5672 else 1)' "$AMQP_URL"
+}
+
 start_server() {  # $1 = amqp|pg, $2 = url
   if docker info >/dev/null 2>&1; then
     local svc=rabbitmq; [[ "$1" == pg ]] && svc=postgres
@@ -106,7 +111,15 @@ start_server() {  # $1 = amqp|pg, $2 = url
   if [[ "$1" == amqp ]]; then
     command -v rabbitmq-server >/dev/null || return 1
     if rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
-      echo "the local RabbitMQ is running, but not at that address" >&2
+      # Running, but no AMQP login completes: a listener elsewhere, or the wedge seen on our
+      # 3.10 node (new connections hang in the handshake after a vhost was deleted).
+      if [[ "$(rabbitmq-diagnostics -q listeners 2>/dev/null)" != *":5672"* ]] && ! is_local_port; then
+        echo "the local RabbitMQ is running, but not at that address" >&2
+        return 1
+      fi
+      echo "the local RabbitMQ runs but completes no AMQP login (wedged): restarting it"
+      restart_local_rabbitmq && return 0
+      [[ "${SPINE_RESET_WEDGED_BROKER:-0}" == 1 ]] && restart_local_rabbitmq reset && return 0
       return 1
     fi
     echo "starting the local RabbitMQ (rabbitmq-server -detached)"
